@@ -1,0 +1,25 @@
+"""keras-maxvit: MaxViT (Multi-Axis Vision Transformer) for Keras 3."""
+
+from keras_maxvit import layers
+from keras_maxvit.models.maxvit import (
+    MODEL_CONFIGS,
+    MaxViT,
+    MaxViTBase,
+    MaxViTLarge,
+    MaxViTSmall,
+    MaxViTTiny,
+    MaxViTXLarge,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "MODEL_CONFIGS",
+    "MaxViT",
+    "MaxViTBase",
+    "MaxViTLarge",
+    "MaxViTSmall",
+    "MaxViTTiny",
+    "MaxViTXLarge",
+    "layers",
+]

@@ -1,0 +1,176 @@
+"""MBConv: the convolutional part of every MaxViT block."""
+
+import keras
+from keras import ops
+
+from keras_maxvit.layers.activations import gelu_tanh
+from keras_maxvit.layers.stochastic_depth import StochasticDepth, check_rate
+
+
+@keras.saving.register_keras_serializable(package="keras_maxvit")
+class MBConv(keras.layers.Layer):
+    """Pre-norm inverted-bottleneck conv block with squeeze-excite.
+
+    `BN -> 1x1 conv (filters * expand_ratio) -> BN -> GELU -> 3x3 depthwise
+    conv (stride `strides`) -> BN -> GELU -> squeeze-excite -> 1x1 conv
+    (filters) -> stochastic depth`, added to a shortcut. With `strides=2`
+    the shortcut is a 2x2 average pool (then a 1x1 conv when the channel
+    count changes); otherwise it is the identity, which needs the input to
+    have `filters` channels. Stride-2 convs and pools use TensorFlow "same"
+    padding, as the official weights do.
+
+    Args:
+        filters: Output channels.
+        strides: 1 or 2.
+        expand_ratio: Width of the inverted bottleneck relative to `filters`.
+        se_ratio: Hidden width of squeeze-excite relative to `filters`.
+        drop_path_rate: Stochastic depth rate of the residual branch.
+        epsilon: BatchNormalization epsilon.
+        seed: Optional seed of the stochastic depth.
+    """
+
+    def __init__(
+        self,
+        filters: int,
+        strides: int = 1,
+        expand_ratio: float = 4.0,
+        se_ratio: float = 0.25,
+        drop_path_rate: float = 0.0,
+        epsilon: float = 1e-3,
+        seed: int | None = None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if not isinstance(filters, int) or filters < 1:
+            raise ValueError(
+                f"`filters` must be a positive integer. Received: filters={filters!r}"
+            )
+        if strides not in (1, 2):
+            raise ValueError(f"`strides` must be 1 or 2. Received: strides={strides!r}")
+        if expand_ratio <= 0 or se_ratio <= 0:
+            raise ValueError(
+                "`expand_ratio` and `se_ratio` must be positive. Received: "
+                f"expand_ratio={expand_ratio}, se_ratio={se_ratio}"
+            )
+        self.filters = filters
+        self.strides = strides
+        self.expand_ratio = expand_ratio
+        self.se_ratio = se_ratio
+        self.drop_path_rate = check_rate("drop_path_rate", drop_path_rate)
+        self.epsilon = epsilon
+        self.seed = seed
+
+    def _bn(self, name):
+        return keras.layers.BatchNormalization(
+            epsilon=self.epsilon, dtype=self.dtype_policy, name=name
+        )
+
+    def _conv(self, filters, name, use_bias=True):
+        return keras.layers.Conv2D(
+            filters,
+            1,
+            use_bias=use_bias,
+            dtype=self.dtype_policy,
+            name=name,
+        )
+
+    def build(self, input_shape):
+        if len(input_shape) != 4:
+            raise ValueError(
+                "MBConv expects a 4D (batch, height, width, channels) input. "
+                f"Received: input_shape={input_shape}"
+            )
+        in_channels = input_shape[-1]
+        if self.strides == 1 and in_channels != self.filters:
+            raise ValueError(
+                "With strides=1 the input must have `filters` channels "
+                f"(filters={self.filters}). Received: input_shape={input_shape}"
+            )
+        batch, height, width, _ = input_shape
+        mid = int(self.filters * self.expand_ratio)
+        se_width = int(self.filters * self.se_ratio)
+        out_height = None if height is None else -(-height // self.strides)
+        out_width = None if width is None else -(-width // self.strides)
+        mid_in = (batch, height, width, mid)
+        mid_out = (batch, out_height, out_width, mid)
+
+        self.pre_norm = self._bn("pre_norm")
+        self.pre_norm.build(input_shape)
+        self.conv1_1x1 = self._conv(mid, "conv1_1x1", use_bias=False)
+        self.conv1_1x1.build(input_shape)
+        self.norm1 = self._bn("norm1")
+        self.norm1.build(mid_in)
+        self.conv2_kxk = keras.layers.DepthwiseConv2D(
+            3,
+            strides=self.strides,
+            padding="same",
+            use_bias=False,
+            dtype=self.dtype_policy,
+            name="conv2_kxk",
+        )
+        self.conv2_kxk.build(mid_in)
+        self.norm2 = self._bn("norm2")
+        self.norm2.build(mid_out)
+        self.se_fc1 = self._conv(se_width, "se_fc1")
+        self.se_fc1.build((batch, 1, 1, mid))
+        self.se_fc2 = self._conv(mid, "se_fc2")
+        self.se_fc2.build((batch, 1, 1, se_width))
+        self.conv3_1x1 = self._conv(self.filters, "conv3_1x1")
+        self.conv3_1x1.build(mid_out)
+        self.drop_path = StochasticDepth(
+            self.drop_path_rate, seed=self.seed, dtype=self.dtype_policy, name="drop_path"
+        )
+        self.drop_path.build((batch, out_height, out_width, self.filters))
+
+        self.shortcut_pool = None
+        self.shortcut_expand = None
+        if self.strides == 2:
+            self.shortcut_pool = keras.layers.AveragePooling2D(
+                2, strides=2, padding="same", dtype=self.dtype_policy, name="shortcut_pool"
+            )
+            if in_channels != self.filters:
+                self.shortcut_expand = self._conv(self.filters, "shortcut_expand")
+                self.shortcut_expand.build((batch, out_height, out_width, in_channels))
+        self.built = True
+
+    def call(self, inputs, training=None):
+        shortcut = inputs
+        if self.shortcut_pool is not None:
+            shortcut = self.shortcut_pool(shortcut)
+        if self.shortcut_expand is not None:
+            shortcut = self.shortcut_expand(shortcut)
+
+        x = self.pre_norm(inputs, training=training)
+        x = self.conv1_1x1(x)
+        x = gelu_tanh(self.norm1(x, training=training))
+        x = self.conv2_kxk(x)
+        x = gelu_tanh(self.norm2(x, training=training))
+
+        scale = ops.mean(x, axis=(1, 2), keepdims=True)
+        scale = ops.silu(self.se_fc1(scale))
+        x = x * ops.sigmoid(self.se_fc2(scale))
+
+        x = self.conv3_1x1(x)
+        return shortcut + self.drop_path(x, training=training)
+
+    def compute_output_shape(self, input_shape):
+        batch, height, width, _ = input_shape
+        if self.strides == 2:
+            height = None if height is None else -(-height // 2)
+            width = None if width is None else -(-width // 2)
+        return (batch, height, width, self.filters)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "filters": self.filters,
+                "strides": self.strides,
+                "expand_ratio": self.expand_ratio,
+                "se_ratio": self.se_ratio,
+                "drop_path_rate": self.drop_path_rate,
+                "epsilon": self.epsilon,
+                "seed": self.seed,
+            }
+        )
+        return config

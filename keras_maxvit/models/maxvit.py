@@ -1,0 +1,355 @@
+"""MaxViT image classification models (Tu et al., ECCV 2022, arXiv 2204.01697).
+
+The architecture is the official one (google-research/maxvit), so the
+official ImageNet weights, as republished by timm as `maxvit_*_tf_*`, load
+exactly.
+"""
+
+import os
+
+import keras
+from keras import layers
+
+from keras_maxvit.layers import MBConv, PartitionAttentionBlock, gelu_tanh
+
+# One entry per variant: stem width, channels and depth of the 4 stages, and the
+# width of the pre-logits layer of the classification head.
+MODEL_CONFIGS = {
+    "tiny": {
+        "stem_filters": 64,
+        "stage_filters": (64, 128, 256, 512),
+        "depths": (2, 2, 5, 2),
+        "head_hidden_size": 512,
+    },
+    "small": {
+        "stem_filters": 64,
+        "stage_filters": (96, 192, 384, 768),
+        "depths": (2, 2, 5, 2),
+        "head_hidden_size": 768,
+    },
+    "base": {
+        "stem_filters": 64,
+        "stage_filters": (96, 192, 384, 768),
+        "depths": (2, 6, 14, 2),
+        "head_hidden_size": 768,
+    },
+    "large": {
+        "stem_filters": 128,
+        "stage_filters": (128, 256, 512, 1024),
+        "depths": (2, 6, 14, 2),
+        "head_hidden_size": 1024,
+    },
+    "xlarge": {
+        "stem_filters": 192,
+        "stage_filters": (192, 384, 768, 1536),
+        "depths": (2, 6, 14, 2),
+        "head_hidden_size": 1536,
+    },
+}
+
+# The total stride of the network: window = grid = input side / 32.
+NETWORK_STRIDE = 32
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+INCEPTION_MEAN = (0.5, 0.5, 0.5)
+INCEPTION_STD = (0.5, 0.5, 0.5)
+POOLING_OPTIONS = (None, "avg", "max")
+WEIGHTS_SUFFIXES = (".safetensors", ".weights.h5")
+
+
+def default_normalization(image_size: tuple[int, int]):
+    """Mean and std of the ImageNet-1k checkpoint for an input size.
+
+    The official 224x224 checkpoints were trained on ImageNet mean/std
+    normalized images; the 384 and 512 ones on `(x - 0.5) / 0.5`.
+    """
+    if tuple(image_size) in ((384, 384), (512, 512)):
+        return INCEPTION_MEAN, INCEPTION_STD
+    return IMAGENET_MEAN, IMAGENET_STD
+
+
+def _validate_input_shape(input_shape, include_preprocessing):
+    if len(input_shape) != 3:
+        raise ValueError(
+            "`input_shape` must have 3 dims (height, width, channels). "
+            f"Received: input_shape={input_shape}"
+        )
+    height, width, channels = input_shape
+    if height is None or width is None:
+        raise ValueError(
+            "MaxViT needs a static height and width (dynamic sizes are not "
+            f"supported yet). Received: input_shape={input_shape}"
+        )
+    for side in (height, width):
+        if side < NETWORK_STRIDE or side % NETWORK_STRIDE != 0:
+            raise ValueError(
+                "`input_shape` height and width must be multiples of 32 and at "
+                f"least 32 (the window is side / 32). Received: input_shape={input_shape}"
+            )
+    if include_preprocessing and channels != 3:
+        raise ValueError(
+            "`include_preprocessing=True` needs 3-channel RGB input. "
+            f"Received: input_shape={input_shape}"
+        )
+
+
+def _resolve_input_shape(input_shape, input_tensor):
+    if input_tensor is not None:
+        try:
+            tensor_shape = tuple(keras.ops.shape(input_tensor))[1:]
+        except Exception as e:  # not a tensor at all
+            raise TypeError(
+                "`input_tensor` must be a Keras or backend tensor. "
+                f"Received: input_tensor={input_tensor!r}"
+            ) from e
+        if input_shape is not None and tuple(input_shape) != tensor_shape:
+            raise ValueError(
+                "`input_shape` does not match the shape of `input_tensor`. "
+                f"Received: input_shape={input_shape}, input_tensor.shape="
+                f"{(None,) + tensor_shape}"
+            )
+        return tensor_shape
+    if input_shape is None:
+        return (224, 224, 3)
+    return tuple(input_shape)
+
+
+def _validate_weights(weights):
+    if weights is None:
+        return
+    if not isinstance(weights, (str, os.PathLike)):
+        raise TypeError(
+            "`weights` must be None, 'imagenet' or a path to a weights file. "
+            f"Received: weights={weights!r}"
+        )
+    weights = os.fspath(weights)
+    if weights == "imagenet":
+        raise ValueError(
+            "Downloading pretrained weights by name is not available yet: "
+            "pass `weights=None` or the path of a timm `.safetensors` checkpoint "
+            "or a Keras `.weights.h5` file. Received: weights='imagenet'"
+        )
+    if not weights.endswith(WEIGHTS_SUFFIXES):
+        raise ValueError(
+            "`weights` must be one of None, 'imagenet', or the path of a "
+            f"{' or '.join(WEIGHTS_SUFFIXES)} file. Received: weights={weights!r}"
+        )
+    if not os.path.isfile(weights):
+        raise FileNotFoundError(
+            f"The weights file does not exist. Received: weights={weights!r}"
+        )
+
+
+def MaxViT(
+    stem_filters: int,
+    stage_filters: tuple[int, ...],
+    depths: tuple[int, ...],
+    head_hidden_size: int | None,
+    head_size: int = 32,
+    include_top: bool = True,
+    include_preprocessing: bool = True,
+    weights: str | os.PathLike | None = None,
+    input_tensor=None,
+    input_shape: tuple | None = None,
+    pooling: str | None = None,
+    classes: int = 1000,
+    classifier_activation="softmax",
+    drop_path_rate: float = 0.0,
+    name: str = "maxvit",
+) -> keras.Model:
+    """Builds a MaxViT model of any width and depth.
+
+    `MaxViTTiny` ... `MaxViTXLarge` call this with the official variants;
+    call it directly for custom (e.g. small test) configurations. Every
+    stage starts with a stride-2 block; each block is MBConv, then block
+    attention, then grid attention, with window = grid = input side / 32.
+
+    Args:
+        stem_filters: Channels of the two stem convolutions.
+        stage_filters: Channels of each stage (multiples of `head_size`).
+        depths: Number of blocks in each stage.
+        head_hidden_size: Width of the tanh pre-logits layer of the head
+            (None for no pre-logits layer).
+        head_size: Channels per attention head.
+        Others: as in `MaxViTTiny`.
+    """
+    if len(stage_filters) != len(depths) or not depths:
+        raise ValueError(
+            "`stage_filters` and `depths` must be non-empty and of the same "
+            f"length. Received: stage_filters={stage_filters}, depths={depths}"
+        )
+    for filters in stage_filters:
+        if filters % head_size != 0:
+            raise ValueError(
+                f"Every stage width must be a multiple of head_size={head_size}. "
+                f"Received: stage_filters={stage_filters}"
+            )
+    _validate_weights(weights)
+    if pooling not in POOLING_OPTIONS:
+        raise ValueError(
+            f"`pooling` must be one of {POOLING_OPTIONS}. Received: pooling={pooling!r}"
+        )
+    if isinstance(classes, bool) or not isinstance(classes, int) or classes < 1:
+        raise ValueError(f"`classes` must be a positive integer. Received: classes={classes!r}")
+    if not isinstance(drop_path_rate, (int, float)) or not 0.0 <= drop_path_rate < 1.0:
+        raise ValueError(
+            f"`drop_path_rate` must be in [0, 1). Received: drop_path_rate={drop_path_rate!r}"
+        )
+    input_shape = _resolve_input_shape(input_shape, input_tensor)
+    _validate_input_shape(input_shape, include_preprocessing)
+    height, width = input_shape[0], input_shape[1]
+    partition_size = (height // NETWORK_STRIDE, width // NETWORK_STRIDE)
+    if partition_size[0] == partition_size[1]:
+        partition_size = partition_size[0]
+
+    if input_tensor is None:
+        inputs = layers.Input(shape=input_shape, name="image")
+    elif keras.backend.is_keras_tensor(input_tensor):
+        inputs = input_tensor
+    else:
+        inputs = layers.Input(tensor=input_tensor, shape=input_shape, name="image")
+
+    x = inputs
+    if include_preprocessing:
+        mean, std = default_normalization((height, width))
+        x = layers.Normalization(
+            mean=[255.0 * m for m in mean],
+            variance=[(255.0 * s) ** 2 for s in std],
+            name="preprocessing",
+        )(x)
+
+    x = layers.Conv2D(stem_filters, 3, strides=2, padding="same", name="stem_conv1")(x)
+    x = layers.BatchNormalization(epsilon=1e-3, name="stem_norm1")(x)
+    x = layers.Activation(gelu_tanh, name="stem_act1")(x)
+    x = layers.Conv2D(stem_filters, 3, padding="same", name="stem_conv2")(x)
+
+    total_blocks = sum(depths)
+    block_index = 0
+    for stage, (filters, depth) in enumerate(zip(stage_filters, depths)):
+        for block in range(depth):
+            prefix = f"stage{stage}_block{block}"
+            rate = drop_path_rate * block_index / max(total_blocks - 1, 1)
+            block_index += 1
+            x = MBConv(
+                filters,
+                strides=2 if block == 0 else 1,
+                drop_path_rate=rate,
+                name=f"{prefix}_mbconv",
+            )(x)
+            for partition_type in ("block", "grid"):
+                x = PartitionAttentionBlock(
+                    partition_type=partition_type,
+                    partition_size=partition_size,
+                    head_size=head_size,
+                    drop_path_rate=rate,
+                    name=f"{prefix}_{partition_type}_attn",
+                )(x)
+
+    if include_top:
+        x = layers.GlobalAveragePooling2D(name="head_pool")(x)
+        x = layers.LayerNormalization(epsilon=1e-5, name="head_norm")(x)
+        if head_hidden_size:
+            x = layers.Dense(head_hidden_size, activation="tanh", name="head_pre_logits")(x)
+        x = layers.Dense(classes, activation=classifier_activation, name="predictions")(x)
+    elif pooling == "avg":
+        x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
+    elif pooling == "max":
+        x = layers.GlobalMaxPooling2D(name="max_pool")(x)
+
+    if input_tensor is not None:
+        model_inputs = keras.utils.get_source_inputs(input_tensor)
+    else:
+        model_inputs = inputs
+    model = keras.Model(model_inputs, x, name=name)
+
+    if weights is not None:
+        from keras_maxvit.weights import load_weights
+
+        load_weights(model, os.fspath(weights))
+    return model
+
+
+BASE_DOCSTRING = """Instantiates the {display} architecture.
+
+    Reference: [MaxViT: Multi-Axis Vision Transformer](
+    https://arxiv.org/abs/2204.01697) (ECCV 2022). The architecture is the
+    official one, so timm's `maxvit_{key}_tf_*` checkpoints load exactly.
+
+    Default input is 224x224 RGB; any height and width that are multiples of
+    32 work, with attention window = grid = side / 32 (7 at 224, 12 at 384,
+    16 at 512).
+
+    Args:
+        include_top: Whether to include the classification head (global
+            average pool, LayerNorm, tanh pre-logits layer, classifier).
+        include_preprocessing: If True the model takes raw RGB in `[0, 255]`
+            and normalizes it with the checkpoint's mean/std (ImageNet
+            mean/std at 224, `0.5`/`0.5` at 384 and 512); if False it takes
+            already normalized input.
+        weights: None (random initialization), `"imagenet"` (not available
+            yet), or the path of a timm-format `.safetensors` checkpoint of
+            the same variant or a Keras `.weights.h5` file.
+        input_tensor: Optional Keras tensor to use as the model input.
+        input_shape: `(height, width, channels)`; default `(224, 224, 3)`.
+        pooling: With `include_top=False`: None (4D feature map), `"avg"`
+            or `"max"` global pooling.
+        classes: Number of classes of the classifier.
+        classifier_activation: Activation of the classifier, e.g.
+            `"softmax"`, or None for logits.
+        drop_path_rate: Stochastic depth rate of the last block (the rate
+            grows linearly from 0 over the blocks).
+        name: Name of the model.
+
+    Returns:
+        A `keras.Model`.
+
+    Example:
+
+    ```python
+    import numpy as np
+    import keras_maxvit
+
+    model = keras_maxvit.MaxViTTiny(weights=None)
+    images = np.random.uniform(0, 255, (2, 224, 224, 3)).astype("float32")
+    probs = model.predict(images)  # (2, 1000)
+    ```
+"""
+
+
+def _variant(key: str, display: str):
+    def constructor(
+        include_top: bool = True,
+        include_preprocessing: bool = True,
+        weights: str | os.PathLike | None = "imagenet",
+        input_tensor=None,
+        input_shape: tuple | None = None,
+        pooling: str | None = None,
+        classes: int = 1000,
+        classifier_activation="softmax",
+        drop_path_rate: float = 0.0,
+        name: str = f"maxvit_{key}",
+    ) -> keras.Model:
+        return MaxViT(
+            **MODEL_CONFIGS[key],
+            include_top=include_top,
+            include_preprocessing=include_preprocessing,
+            weights=weights,
+            input_tensor=input_tensor,
+            input_shape=input_shape,
+            pooling=pooling,
+            classes=classes,
+            classifier_activation=classifier_activation,
+            drop_path_rate=drop_path_rate,
+            name=name,
+        )
+
+    constructor.__name__ = constructor.__qualname__ = f"MaxViT{display}"
+    constructor.__doc__ = BASE_DOCSTRING.format(display=f"MaxViT-{display}", key=key)
+    return constructor
+
+
+MaxViTTiny = _variant("tiny", "Tiny")
+MaxViTSmall = _variant("small", "Small")
+MaxViTBase = _variant("base", "Base")
+MaxViTLarge = _variant("large", "Large")
+MaxViTXLarge = _variant("xlarge", "XLarge")

@@ -1,0 +1,107 @@
+"""Shared helpers: timm reference models and conversions for parity tests."""
+
+# torch (and timm, which imports torchvision) must be imported before
+# TensorFlow: importing torchvision after TensorFlow crashes the process.
+import timm  # noqa: F401  isort: skip
+import torch  # noqa: F401  isort: skip
+
+import keras
+import numpy as np
+import pytest
+
+# A small MaxViT used by most tests: every part of the architecture, at a
+# fraction of the cost (window = grid = 2 at 64x64).
+SMALL_CONFIG = {
+    "stem_filters": 16,
+    "stage_filters": (32, 32, 64, 64),
+    "depths": (1, 2, 1, 1),
+    "head_hidden_size": 48,
+}
+
+
+def to_numpy(x):
+    return keras.ops.convert_to_numpy(x)
+
+
+def perturb_timm_model(model, seed: int = 0) -> None:
+    """Randomizes what a fresh timm model leaves at constants.
+
+    BatchNorm statistics and affine parameters, LayerNorm parameters and the
+    relative-position bias tables start at 0/1 in timm, where a swapped or
+    misplaced tensor would go unnoticed.
+    """
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+
+    def uniform(tensor, low, high):
+        tensor.copy_(torch.rand(tensor.shape, generator=gen) * (high - low) + low)
+
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                uniform(module.running_mean, -0.5, 0.5)
+                uniform(module.running_var, 0.5, 2.0)
+                uniform(module.weight, 0.5, 1.5)
+                uniform(module.bias, -0.2, 0.2)
+            elif isinstance(module, torch.nn.LayerNorm):
+                uniform(module.weight, 0.5, 1.5)
+                uniform(module.bias, -0.2, 0.2)
+            if hasattr(module, "relative_position_bias_table"):
+                table = module.relative_position_bias_table
+                table.copy_(torch.randn(table.shape, generator=gen))
+    model.eval()
+
+
+def timm_small_model(img_size=(64, 64), num_classes=10, config=None):
+    """A randomly initialised timm MaxViT with the official TF numerics."""
+    import torch
+    from timm.models.maxxvit import MaxxVit, MaxxVitCfg, _tf_cfg
+
+    config = config or SMALL_CONFIG
+    cfg = MaxxVitCfg(
+        embed_dim=tuple(config["stage_filters"]),
+        depths=tuple(config["depths"]),
+        block_type=("M",) * len(config["depths"]),
+        stem_width=config["stem_filters"],
+        stem_bias=True,
+        head_hidden_size=config["head_hidden_size"],
+        **_tf_cfg(),
+    )
+    torch.manual_seed(0)
+    model = MaxxVit(cfg, img_size=img_size, num_classes=num_classes)
+    perturb_timm_model(model)
+    return model
+
+
+def timm_forward(model, images_nhwc, features=False):
+    """Runs a timm model on channels-last NumPy images; returns NumPy."""
+    import torch
+
+    x = torch.from_numpy(np.ascontiguousarray(images_nhwc.transpose(0, 3, 1, 2)))
+    with torch.no_grad():
+        if features:
+            out = model.forward_features(x).permute(0, 2, 3, 1)
+        else:
+            out = model(x)
+    return out.numpy()
+
+
+def save_timm_checkpoint(model, path) -> str:
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    return str(path)
+
+
+def assert_close_to_reference(ours, reference, rel_tol=1e-4):
+    """max |ours - ref| <= rel_tol * max |ref|, the parity criterion."""
+    assert ours.shape == reference.shape, (ours.shape, reference.shape)
+    error = np.abs(ours - reference).max()
+    scale = np.abs(reference).max()
+    assert error <= rel_tol * scale, f"max abs error {error:.3e} > {rel_tol} x {scale:.3e}"
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(0)

@@ -1,0 +1,138 @@
+"""Bad arguments and files give clear errors that name what was received."""
+
+import os
+
+import numpy as np
+import pytest
+from conftest import SMALL_CONFIG, save_timm_checkpoint, timm_small_model
+
+import keras_maxvit
+
+
+def small_model(**kwargs):
+    kwargs.setdefault("input_shape", (64, 64, 3))
+    kwargs.setdefault("classes", 10)
+    return keras_maxvit.MaxViT(**SMALL_CONFIG, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def small_checkpoint(tmp_path_factory):
+    path = tmp_path_factory.mktemp("ckpt") / "small.safetensors"
+    return save_timm_checkpoint(timm_small_model(), path)
+
+
+@pytest.mark.parametrize("weights", ["imagenet1k", "random", "model.bin"])
+def test_unknown_weights_string_lists_valid_ones(weights):
+    with pytest.raises(ValueError, match=f"None, 'imagenet'.*Received: weights='{weights}'"):
+        keras_maxvit.MaxViTTiny(weights=weights)
+
+
+def test_imagenet_by_name_says_it_is_not_available_yet():
+    with pytest.raises(ValueError, match="not available yet.*weights='imagenet'"):
+        keras_maxvit.MaxViTTiny()
+
+
+def test_weights_of_wrong_type():
+    with pytest.raises(TypeError, match="Received: weights=3"):
+        keras_maxvit.MaxViTTiny(weights=3)
+
+
+def test_missing_weights_file_names_the_path(tmp_path):
+    path = str(tmp_path / "nowhere.safetensors")
+    with pytest.raises(FileNotFoundError, match="nowhere.safetensors"):
+        keras_maxvit.MaxViTTiny(weights=path)
+
+
+def test_checkpoint_of_another_variant_names_tensor_and_shapes(small_checkpoint):
+    wider = dict(SMALL_CONFIG, stage_filters=(32, 64, 64, 64))
+    with pytest.raises(ValueError) as info:
+        keras_maxvit.MaxViT(**wider, input_shape=(64, 64, 3), classes=10, weights=small_checkpoint)
+    message = str(info.value)
+    assert "'stages.1.blocks.0.conv.conv1_1x1.weight'" in message
+    assert "(128, 32, 1, 1)" in message and "(1, 1, 32, 256)" in message
+    deeper = dict(SMALL_CONFIG, depths=(1, 2, 2, 1))
+    with pytest.raises(ValueError, match="has no tensor 'stages.2.blocks.1"):
+        keras_maxvit.MaxViT(**deeper, input_shape=(64, 64, 3), classes=10, weights=small_checkpoint)
+    shallower = dict(SMALL_CONFIG, depths=(1, 1, 1, 1))
+    with pytest.raises(ValueError, match="does not use, first 'stages.1.blocks.1"):
+        keras_maxvit.MaxViT(
+            **shallower, input_shape=(64, 64, 3), classes=10, weights=small_checkpoint
+        )
+
+
+def test_checkpoint_of_another_resolution_names_the_bias_table(small_checkpoint):
+    with pytest.raises(ValueError) as info:
+        small_model(input_shape=(96, 96, 3), weights=small_checkpoint)
+    message = str(info.value)
+    assert "relative_position_bias_table" in message
+    assert "(1, 3, 3)" in message and "(1, 5, 5)" in message
+
+
+def test_checkpoint_with_other_classes(small_checkpoint):
+    with pytest.raises(ValueError, match="'head.fc.weight' has shape \\(10, 48\\)"):
+        small_model(classes=5, weights=small_checkpoint)
+
+
+def test_corrupt_checkpoint_names_the_file(tmp_path, small_checkpoint):
+    path = tmp_path / "broken.safetensors"
+    with open(small_checkpoint, "rb") as source:
+        path.write_bytes(source.read()[:1000])
+    with pytest.raises(ValueError, match="broken.safetensors"):
+        small_model(weights=str(path))
+    assert path.stat().st_size == 1000  # the user's file is left as it was
+
+
+@pytest.mark.parametrize(
+    "input_shape,match",
+    [
+        ((100, 100, 3), "multiples of 32"),
+        ((224, 200, 3), "multiples of 32"),
+        ((16, 16, 3), "at least 32"),
+        ((0, 64, 3), "at least 32"),
+        ((224, 224), "3 dims"),
+        ((224,), "3 dims"),
+        ((None, None, 3), "static height and width"),
+        ((224, 224, 1), "3-channel"),
+    ],
+)
+def test_bad_input_shape(input_shape, match):
+    with pytest.raises(ValueError, match=match) as info:
+        keras_maxvit.MaxViTTiny(weights=None, input_shape=input_shape)
+    assert f"Received: input_shape={input_shape}" in str(info.value)
+
+
+@pytest.mark.parametrize("pooling", ["mean", "AVG", 1])
+def test_bad_pooling(pooling):
+    with pytest.raises(ValueError, match=f"Received: pooling={pooling!r}"):
+        small_model(weights=None, include_top=False, pooling=pooling)
+
+
+@pytest.mark.parametrize("classes", [0, -3, 2.5, True])
+def test_bad_classes(classes):
+    with pytest.raises(ValueError, match=f"Received: classes={classes!r}"):
+        small_model(classes=classes)
+
+
+@pytest.mark.parametrize("rate", [-0.1, 1.0, 1.5])
+def test_bad_drop_path_rate(rate):
+    with pytest.raises(ValueError, match=f"Received: drop_path_rate={rate}"):
+        small_model(drop_path_rate=rate)
+
+
+def test_input_tensor_shape_mismatch():
+    import keras
+
+    tensor = keras.Input((96, 96, 3))
+    with pytest.raises(ValueError, match="does not match the shape of `input_tensor`"):
+        small_model(input_tensor=tensor, input_shape=(64, 64, 3))
+    model = small_model(input_tensor=tensor, input_shape=None)
+    assert model.input_shape == (None, 96, 96, 3)
+    assert np.isfinite(keras.ops.convert_to_numpy(model(np.zeros((1, 96, 96, 3))))).all()
+
+
+def test_failed_load_leaves_the_weights_file_untouched(small_checkpoint):
+    before = os.stat(small_checkpoint)
+    with pytest.raises(ValueError):
+        small_model(input_shape=(96, 96, 3), weights=small_checkpoint)
+    after = os.stat(small_checkpoint)
+    assert (before.st_size, before.st_mtime_ns) == (after.st_size, after.st_mtime_ns)

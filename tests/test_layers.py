@@ -1,0 +1,284 @@
+"""Every custom layer through one harness, plus numerical references.
+
+The harness (config round trip, state created in build, eager and symbolic
+calls, `.keras` round trip with `safe_mode=True`, a `fit` step and mixed
+precision) runs on tiny shapes. The math is checked against NumPy loops and
+against timm's modules.
+"""
+
+import inspect
+
+import keras
+import numpy as np
+import pytest
+from conftest import perturb_timm_model, to_numpy
+from test_partition import block_partition_loops, grid_partition_loops
+
+from keras_maxvit.layers import (
+    MBConv,
+    PartitionAttentionBlock,
+    RelativePositionAttention,
+    StochasticDepth,
+)
+from keras_maxvit.timm_convert import TRANSFORMS, timm_key
+
+LAYER_CASES = [
+    (StochasticDepth, {"rate": 0.25, "seed": 1}, (4, 4, 4, 8)),
+    (
+        RelativePositionAttention,
+        {"partition_type": "grid", "partition_size": 2, "head_size": 8},
+        (2, 4, 6, 16),
+    ),
+    (RelativePositionAttention, {"partition_size": (2, 3), "head_size": 8}, (2, 4, 6, 16)),
+    (MBConv, {"filters": 16, "strides": 2, "drop_path_rate": 0.1, "seed": 2}, (2, 8, 8, 8)),
+    (MBConv, {"filters": 8}, (2, 4, 4, 8)),
+    (
+        PartitionAttentionBlock,
+        {"partition_type": "block", "partition_size": (2, 3), "head_size": 8},
+        (2, 4, 6, 16),
+    ),
+    (
+        PartitionAttentionBlock,
+        {"partition_type": "grid", "partition_size": 2, "head_size": 8, "drop_path_rate": 0.2},
+        (2, 4, 4, 16),
+    ),
+]
+IDS = [f"{cls.__name__}-{i}" for i, (cls, _, _) in enumerate(LAYER_CASES)]
+BASE_CONFIG_KEYS = set(keras.layers.Layer().get_config())
+
+
+def _inputs(shape, seed=0):
+    return np.random.default_rng(seed).normal(size=shape).astype("float32")
+
+
+@pytest.mark.parametrize("cls,kwargs,shape", LAYER_CASES, ids=IDS)
+def test_config_lists_exactly_init_arguments(cls, kwargs, shape):
+    layer = cls(**kwargs)
+    config = layer.get_config()
+    init_args = set(inspect.signature(cls.__init__).parameters) - {"self", "kwargs"}
+    assert set(config) - BASE_CONFIG_KEYS == init_args
+    clone = cls.from_config(config)
+    assert clone.get_config() == config
+    registered = keras.saving.get_registered_name(cls)
+    assert registered == f"keras_maxvit>{cls.__name__}"
+
+
+@pytest.mark.parametrize("cls,kwargs,shape", LAYER_CASES, ids=IDS)
+def test_state_is_created_in_build_and_calls_agree(cls, kwargs, shape):
+    layer = cls(**kwargs)
+    assert not layer.weights, "weights must be created in build(), not __init__"
+    x = _inputs(shape)
+    eager = to_numpy(layer(x))
+    symbolic = layer(keras.Input(shape[1:], batch_size=shape[0]))
+    assert tuple(symbolic.shape) == eager.shape == tuple(layer.compute_output_shape(shape))
+    assert np.all(np.isfinite(eager))
+    # Inference is deterministic (dropout and drop path are off).
+    np.testing.assert_array_equal(to_numpy(layer(x)), eager)
+
+
+@pytest.mark.parametrize("cls,kwargs,shape", LAYER_CASES, ids=IDS)
+def test_keras_file_round_trip_safe_mode(cls, kwargs, shape, tmp_path):
+    inputs = keras.Input(shape[1:])
+    model = keras.Model(inputs, cls(**kwargs, name="layer")(inputs))
+    x = _inputs(shape)
+    # Give norms and tables non-default values so a lost weight shows.
+    for variable in model.weights:
+        if "float" in variable.dtype:
+            variable.assign(np.random.default_rng(1).normal(size=variable.shape) * 0.1 + 1.0)
+    expected = to_numpy(model(x))
+    path = tmp_path / "layer.keras"
+    model.save(path)
+    loaded = keras.saving.load_model(path, safe_mode=True)
+    assert type(loaded.get_layer("layer")) is cls
+    assert loaded.get_layer("layer").get_config() == model.get_layer("layer").get_config()
+    np.testing.assert_allclose(to_numpy(loaded(x)), expected, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("cls,kwargs,shape", LAYER_CASES, ids=IDS)
+def test_fit_step_updates_weights(cls, kwargs, shape):
+    inputs = keras.Input(shape[1:])
+    outputs = keras.layers.Dense(1)(cls(**kwargs)(inputs))
+    model = keras.Model(inputs, outputs)
+    model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
+    before = [to_numpy(w).copy() for w in model.trainable_weights]
+    targets = _inputs(tuple(outputs.shape[1:]), 1)[None].repeat(shape[0], 0)
+    history = model.fit(_inputs(shape), targets, epochs=1, verbose=0)
+    assert np.isfinite(history.history["loss"][0])
+    after = [to_numpy(w) for w in model.trainable_weights]
+    changed = [not np.array_equal(a, b) for a, b in zip(before, after)]
+    assert all(changed), "every trainable weight (bias tables included) must train"
+
+
+@pytest.mark.parametrize("policy", ["mixed_bfloat16", "mixed_float16"])
+@pytest.mark.parametrize("cls,kwargs,shape", LAYER_CASES, ids=IDS)
+def test_mixed_precision_matches_float32(cls, kwargs, shape, policy):
+    reference = cls(**kwargs)
+    x = _inputs(shape)
+    expected = to_numpy(reference(x))
+    layer = cls(**kwargs, dtype=policy)
+    layer.build(shape)
+    layer.set_weights(reference.get_weights())
+    out = layer(x)
+    assert keras.backend.standardize_dtype(out.dtype) == policy.split("_")[1]
+    out = to_numpy(keras.ops.cast(out, "float32"))
+    assert np.all(np.isfinite(out))
+    tolerance = 0.1 if policy == "mixed_bfloat16" else 0.02
+    assert np.abs(out - expected).max() <= tolerance * max(np.abs(expected).max(), 1.0)
+
+
+# --- numerical references -------------------------------------------------
+
+
+def _scatter_back(groups, shape, partition_loops, p, q):
+    """Inverse of a loop partition, via the partition of position indices."""
+    b, h, w, c = shape
+    positions = np.arange(b * h * w, dtype="float64").reshape(b, h, w, 1)
+    index = partition_loops(positions, p, q).reshape(-1).astype(int)
+    out = np.zeros((b * h * w, c), groups.dtype)
+    out[index] = groups.reshape(-1, c)
+    return out.reshape(b, h, w, c)
+
+
+def attention_reference(x, layer):
+    """Max-SA in plain NumPy loops."""
+    p, q = layer._size
+    heads, head = layer.num_heads, layer.head_size
+    partition = block_partition_loops if layer.partition_type == "block" else grid_partition_loops
+    groups = partition(x.astype("float64"), p, q)
+    w_qkv, b_qkv = (to_numpy(v).astype("float64") for v in layer.qkv.weights)
+    w_proj, b_proj = (to_numpy(v).astype("float64") for v in layer.proj.weights)
+    table = to_numpy(layer.relative_position_bias_table).astype("float64")
+    tokens = p * q
+    bias = np.zeros((heads, tokens, tokens))
+    for t1 in range(tokens):
+        for t2 in range(tokens):
+            (i, j), (k, m) = divmod(t1, q), divmod(t2, q)
+            bias[:, t1, t2] = table[:, k - i + p - 1, m - j + q - 1]
+    outputs = []
+    for group in groups:
+        qkv = (group @ w_qkv + b_qkv).reshape(tokens, 3, heads, head)
+        merged = []
+        for h in range(heads):
+            query, key, value = qkv[:, 0, h], qkv[:, 1, h], qkv[:, 2, h]
+            logits = query @ key.T / np.sqrt(head) + bias[h]
+            weights = np.exp(logits - logits.max(-1, keepdims=True))
+            weights /= weights.sum(-1, keepdims=True)
+            merged.append(weights @ value)
+        outputs.append(np.concatenate(merged, -1) @ w_proj + b_proj)
+    return _scatter_back(np.stack(outputs), x.shape, partition, p, q)
+
+
+@pytest.mark.parametrize("partition_type", ["block", "grid"])
+@pytest.mark.parametrize("size,shape", [(2, (2, 4, 4, 16)), ((2, 3), (1, 4, 6, 32))])
+def test_attention_matches_numpy(partition_type, size, shape):
+    layer = RelativePositionAttention(partition_type, size, head_size=8)
+    layer.build(shape)
+    rng = np.random.default_rng(3)
+    for variable in layer.weights:
+        variable.assign(rng.normal(size=variable.shape) * 0.5)
+    x = _inputs(shape)
+    np.testing.assert_allclose(
+        to_numpy(layer(x)), attention_reference(x, layer), rtol=1e-5, atol=1e-5
+    )
+
+
+def _load_from_timm(layer, module, prefix):
+    """Copies a timm module's tensors into a standalone Keras block layer."""
+    state = {k: v.detach().numpy() for k, v in module.state_dict().items()}
+    for variable in layer.weights:
+        key, transform = timm_key(variable.path, len(variable.shape))
+        variable.assign(TRANSFORMS[transform](state[key.removeprefix(prefix)]))
+
+
+def _timm_nchw(module, x):
+    import torch
+
+    with torch.no_grad():
+        return module(torch.from_numpy(x.transpose(0, 3, 1, 2))).numpy().transpose(0, 2, 3, 1)
+
+
+@pytest.mark.parametrize(
+    "in_channels,filters,strides,size", [(16, 32, 2, 8), (32, 32, 1, 6), (8, 8, 2, 6)]
+)
+def test_mbconv_matches_timm(in_channels, filters, strides, size):
+    from timm.models.maxxvit import MaxxVitConvCfg, MbConvBlock
+
+    cfg = MaxxVitConvCfg(norm_eps=1e-3, act_layer="gelu_tanh", padding="same")
+    reference = MbConvBlock(in_channels, filters, stride=strides, cfg=cfg)
+    perturb_timm_model(reference)
+    layer = MBConv(filters, strides=strides, name="stage0_block0_mbconv")
+    shape = (2, size, size, in_channels)
+    layer.build(shape)
+    _load_from_timm(layer, reference, "stages.0.blocks.0.conv.")
+    x = _inputs(shape)
+    np.testing.assert_allclose(to_numpy(layer(x)), _timm_nchw(reference, x), atol=1e-4)
+
+
+@pytest.mark.parametrize("partition_type", ["block", "grid"])
+def test_partition_attention_block_matches_timm(partition_type):
+    import torch
+    from timm.models.maxxvit import MaxxVitTransformerCfg, PartitionAttentionCl
+
+    cfg = MaxxVitTransformerCfg(
+        norm_eps=1e-5,
+        act_layer="gelu_tanh",
+        head_first=False,
+        rel_pos_type="bias_tf",
+        window_size=(3, 3),
+        grid_size=(3, 3),
+    )
+    reference = PartitionAttentionCl(64, partition_type=partition_type, cfg=cfg)
+    perturb_timm_model(reference)
+    part = "block_attn" if partition_type == "block" else "grid_attn"
+    layer = PartitionAttentionBlock(partition_type, 3, name=f"stage0_block0_{part}")
+    shape = (2, 6, 9, 64)
+    layer.build(shape)
+    timm_part = "attn_block" if partition_type == "block" else "attn_grid"
+    _load_from_timm(layer, reference, f"stages.0.blocks.0.{timm_part}.")
+    x = _inputs(shape)
+    with torch.no_grad():
+        expected = reference(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(to_numpy(layer(x)), expected, atol=1e-4)
+
+
+# --- stochastic depth ---------------------------------------------------
+
+
+def test_stochastic_depth_drops_whole_samples_with_rate():
+    layer = StochasticDepth(0.3, seed=0)
+    x = np.ones((4000, 2, 2, 3), "float32")
+    out = to_numpy(layer(x, training=True))
+    per_sample = out.reshape(4000, -1)
+    # Each sample is either all dropped or all kept and rescaled.
+    kept = np.all(np.isclose(per_sample, 1 / 0.7), axis=1)
+    dropped = np.all(per_sample == 0, axis=1)
+    assert np.all(kept | dropped)
+    assert abs(dropped.mean() - 0.3) < 0.03
+    np.testing.assert_array_equal(to_numpy(layer(x, training=False)), x)
+    # The seed generator advances: a second call draws a new mask.
+    assert not np.array_equal(to_numpy(layer(x, training=True)), out)
+
+
+def test_stochastic_depth_rejects_bad_rate():
+    for rate in (-0.1, 1.0, "0.5"):
+        with pytest.raises(ValueError, match="rate="):
+            StochasticDepth(rate)
+
+
+@pytest.mark.skipif(keras.backend.backend() != "jax", reason="jax.jit check")
+def test_stochastic_depth_under_jax_jit():
+    import jax
+
+    layer = StochasticDepth(0.5, seed=0)
+    x = np.ones((64, 1, 1, 1), "float32")
+    layer.build(x.shape)
+
+    @jax.jit
+    def step(state, x):
+        return layer.stateless_call([], state, x, training=True)
+
+    state = [v.value for v in layer.non_trainable_variables]
+    first, state = step(state, x)
+    second, state = step(state, x)
+    assert set(np.unique(np.asarray(first))) <= {0.0, 2.0}
+    assert not np.array_equal(np.asarray(first), np.asarray(second))

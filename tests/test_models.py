@@ -1,0 +1,203 @@
+"""MaxViT models against timm's `maxvit_*_tf_*`: parameters, logits, saving."""
+
+import json
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+from conftest import (
+    SMALL_CONFIG,
+    assert_close_to_reference,
+    save_timm_checkpoint,
+    timm_forward,
+    timm_small_model,
+    to_numpy,
+)
+
+import keras_maxvit
+from keras_maxvit.models.maxvit import IMAGENET_MEAN, IMAGENET_STD
+
+VARIANTS = {
+    "tiny": keras_maxvit.MaxViTTiny,
+    "small": keras_maxvit.MaxViTSmall,
+    "base": keras_maxvit.MaxViTBase,
+    "large": keras_maxvit.MaxViTLarge,
+    "xlarge": keras_maxvit.MaxViTXLarge,
+}
+
+
+def small_model(**kwargs):
+    kwargs.setdefault("classes", 10)
+    kwargs.setdefault("input_shape", (64, 64, 3))
+    return keras_maxvit.MaxViT(**SMALL_CONFIG, **kwargs)
+
+
+def perturb(model, scale=0.02):
+    """Moves every float weight off its initial value, so a lost one shows."""
+    rng = np.random.default_rng(3)
+    for variable in model.weights:
+        if "float" in variable.dtype:
+            noise = rng.normal(size=variable.shape) * scale
+            variable.assign(to_numpy(variable) + noise.astype("float32"))
+
+
+def trainable_count(model):
+    return sum(int(np.prod(v.shape)) for v in model.trainable_weights)
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_parameter_count_equals_timm(variant):
+    import timm
+    import torch
+
+    # timm's XLarge checkpoints are ImageNet-21k (21843 classes).
+    classes = 21843 if variant == "xlarge" else 1000
+    with torch.device("meta"):
+        reference = timm.create_model(f"maxvit_{variant}_tf_224", num_classes=classes)
+    expected = sum(p.numel() for p in reference.parameters())
+    model = VARIANTS[variant](weights=None, classes=classes)
+    assert trainable_count(model) == expected
+    keras.backend.clear_session()
+
+
+@pytest.mark.parametrize("img_size", [(64, 64), (96, 64), (128, 128)])
+def test_small_config_logits_equal_timm(img_size, tmp_path):
+    reference = timm_small_model(img_size=img_size)
+    path = save_timm_checkpoint(reference, tmp_path / "small.safetensors")
+    model = small_model(
+        weights=path,
+        input_shape=img_size + (3,),
+        include_preprocessing=False,
+        classifier_activation=None,
+    )
+    images = np.random.default_rng(0).normal(size=(2,) + img_size + (3,)).astype("float32")
+    assert_close_to_reference(to_numpy(model(images)), timm_forward(reference, images))
+
+
+def test_preprocessing_takes_raw_pixels(tmp_path):
+    reference = timm_small_model()
+    path = save_timm_checkpoint(reference, tmp_path / "small.safetensors")
+    model = small_model(weights=path, classifier_activation=None)
+    pixels = np.random.default_rng(1).uniform(0, 255, (2, 64, 64, 3)).astype("float32")
+    normalized = (pixels / 255.0 - np.array(IMAGENET_MEAN)) / np.array(IMAGENET_STD)
+    expected = timm_forward(reference, normalized.astype("float32"))
+    assert_close_to_reference(to_numpy(model(pixels)), expected)
+
+
+def test_softmax_head_and_feature_outputs(tmp_path):
+    reference = timm_small_model()
+    path = save_timm_checkpoint(reference, tmp_path / "small.safetensors")
+    images = np.random.default_rng(2).normal(size=(2, 64, 64, 3)).astype("float32")
+    logits = timm_forward(reference, images)
+    probs = to_numpy(small_model(weights=path, include_preprocessing=False)(images))
+    expected = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+    np.testing.assert_allclose(probs, expected, atol=1e-5)
+
+    features = timm_forward(reference, images, features=True)
+    for pooling, expected_out in [
+        (None, features),
+        ("avg", features.mean((1, 2))),
+        ("max", features.max((1, 2))),
+    ]:
+        backbone = small_model(
+            weights=path, include_top=False, include_preprocessing=False, pooling=pooling
+        )
+        assert_close_to_reference(to_numpy(backbone(images)), expected_out)
+
+
+@pytest.mark.parametrize("resolution", [224, 384])
+def test_tiny_logits_equal_timm(resolution, tmp_path):
+    import timm
+
+    from conftest import perturb_timm_model
+
+    reference = timm.create_model(f"maxvit_tiny_tf_{resolution}")
+    perturb_timm_model(reference)
+    path = save_timm_checkpoint(reference, tmp_path / "tiny.safetensors")
+    model = keras_maxvit.MaxViTTiny(
+        weights=path,
+        input_shape=(resolution, resolution, 3),
+        include_preprocessing=False,
+        classifier_activation=None,
+    )
+    images = np.random.default_rng(0).normal(size=(1, resolution, resolution, 3))
+    images = images.astype("float32")
+    assert_close_to_reference(to_numpy(model(images)), timm_forward(reference, images))
+    keras.backend.clear_session()
+
+
+def test_keras_weights_file_round_trip(tmp_path):
+    model = small_model()
+    perturb(model)
+    path = str(tmp_path / "small.weights.h5")
+    model.save_weights(path)
+    images = np.random.default_rng(4).uniform(0, 255, (2, 64, 64, 3)).astype("float32")
+    np.testing.assert_array_equal(
+        to_numpy(small_model(weights=path)(images)), to_numpy(model(images))
+    )
+
+
+def test_no_lambda_layers_and_unique_deterministic_names():
+    model = small_model(drop_path_rate=0.1)
+    names = [layer.name for layer in model.layers]
+    assert len(names) == len(set(names))
+    assert not any(isinstance(layer, keras.layers.Lambda) for layer in model.layers)
+    assert names == [layer.name for layer in small_model(drop_path_rate=0.1).layers]
+    assert "stage1_block1_grid_attn" in names and "stage3_block0_mbconv" in names
+
+
+LOAD_SCRIPT = """
+import json, sys
+import numpy as np, keras
+import keras_maxvit  # registers the layers
+model = keras.saving.load_model(sys.argv[1], safe_mode=True)
+images = np.load(sys.argv[2])
+print(json.dumps(keras.ops.convert_to_numpy(model(images)).tolist()))
+"""
+
+
+def test_keras_file_loads_under_every_backend(tmp_path):
+    """A `.keras` file saved under this backend loads under all three."""
+    model = small_model(drop_path_rate=0.1)
+    perturb(model)
+    images = np.random.default_rng(6).uniform(0, 255, (2, 64, 64, 3)).astype("float32")
+    expected = to_numpy(model(images))
+    path = tmp_path / "model.keras"
+    model.save(path)
+    np.save(tmp_path / "images.npy", images)
+
+    same_backend = keras.saving.load_model(path, safe_mode=True)
+    np.testing.assert_allclose(to_numpy(same_backend(images)), expected, atol=1e-5)
+    for backend in ["tensorflow", "jax", "torch"]:
+        if backend == keras.backend.backend():
+            continue
+        env = dict(os.environ, KERAS_BACKEND=backend)
+        result = subprocess.run(
+            [sys.executable, "-c", LOAD_SCRIPT, str(path), str(tmp_path / "images.npy")],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert result.returncode == 0, result.stderr[-3000:]
+        outputs = np.array(json.loads(result.stdout.strip().splitlines()[-1]))
+        np.testing.assert_allclose(outputs, expected, atol=1e-5, err_msg=backend)
+
+
+def test_fit_lowers_the_loss():
+    keras.utils.set_random_seed(0)
+    model = small_model(classes=4, drop_path_rate=0.1)
+    model.compile(
+        optimizer=keras.optimizers.AdamW(1e-3),
+        loss="sparse_categorical_crossentropy",
+    )
+    rng = np.random.default_rng(7)
+    images = rng.uniform(0, 255, (8, 64, 64, 3)).astype("float32")
+    labels = np.arange(8) % 4
+    history = model.fit(images, labels, batch_size=8, epochs=8, verbose=0)
+    losses = history.history["loss"]
+    assert np.all(np.isfinite(losses))
+    assert losses[-1] < 0.7 * losses[0], losses
