@@ -41,8 +41,10 @@ def main(argv=None) -> None:
 
     start = time.perf_counter()
     model = keras_maxvit.MaxViTTiny(weights=args.weights, input_shape=(args.size, args.size, 3))
-    print(f"Built {model.name} on the {keras.backend.backend()} backend in "
-          f"{time.perf_counter() - start:.1f} s")
+    print(
+        f"Built {model.name} on the {keras.backend.backend()} backend in "
+        f"{time.perf_counter() - start:.1f} s"
+    )
     if not args.no_summary:
         model.summary(line_length=110)
     print(f"Parameters: {model.count_params():,}")

@@ -30,7 +30,6 @@ def perturb_timm_model(model, seed: int = 0) -> None:
     relative-position bias tables start at 0/1 in timm, where a swapped or
     misplaced tensor would go unnoticed.
     """
-    import torch
 
     gen = torch.Generator().manual_seed(seed)
 
@@ -55,7 +54,6 @@ def perturb_timm_model(model, seed: int = 0) -> None:
 
 def timm_small_model(img_size=(64, 64), num_classes=10, config=None):
     """A randomly initialised timm MaxViT with the official TF numerics."""
-    import torch
     from timm.models.maxxvit import MaxxVit, MaxxVitCfg, _tf_cfg
 
     config = config or SMALL_CONFIG
@@ -76,7 +74,6 @@ def timm_small_model(img_size=(64, 64), num_classes=10, config=None):
 
 def timm_forward(model, images_nhwc, features=False):
     """Runs a timm model on channels-last NumPy images; returns NumPy."""
-    import torch
 
     x = torch.from_numpy(np.ascontiguousarray(images_nhwc.transpose(0, 3, 1, 2)))
     with torch.no_grad():

@@ -105,7 +105,7 @@ def test_fit_step_updates_weights(cls, kwargs, shape):
     history = model.fit(_inputs(shape), targets, epochs=1, verbose=0)
     assert np.isfinite(history.history["loss"][0])
     after = [to_numpy(w) for w in model.trainable_weights]
-    changed = [not np.array_equal(a, b) for a, b in zip(before, after)]
+    changed = [not np.array_equal(a, b) for a, b in zip(before, after, strict=True)]
     assert all(changed), "every trainable weight (bias tables included) must train"
 
 

@@ -111,7 +111,6 @@ def test_softmax_head_and_feature_outputs(tmp_path):
 @pytest.mark.parametrize("resolution", [224, 384])
 def test_tiny_logits_equal_timm(resolution, tmp_path):
     import timm
-
     from conftest import perturb_timm_model
 
     reference = timm.create_model(f"maxvit_tiny_tf_{resolution}")

@@ -4,7 +4,6 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_maxvit.layers.stochastic_depth import check_rate
 from keras_maxvit.layers.partition import (
     block_partition,
     block_reverse,
@@ -12,6 +11,7 @@ from keras_maxvit.layers.partition import (
     grid_reverse,
     to_pair,
 )
+from keras_maxvit.layers.stochastic_depth import check_rate
 
 PARTITION_TYPES = ("block", "grid")
 
@@ -113,7 +113,7 @@ class RelativePositionAttention(keras.layers.Layer):
                 "The number of input channels must be a multiple of "
                 f"head_size={self.head_size}. Received: input_shape={input_shape}"
             )
-        for side, part in zip((height, width), self._size):
+        for side, part in zip((height, width), self._size, strict=True):
             if side is not None and side % part != 0:
                 raise ValueError(
                     "Input height and width must be multiples of "

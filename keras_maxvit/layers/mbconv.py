@@ -42,9 +42,7 @@ class MBConv(keras.layers.Layer):
     ):
         super().__init__(**kwargs)
         if not isinstance(filters, int) or filters < 1:
-            raise ValueError(
-                f"`filters` must be a positive integer. Received: filters={filters!r}"
-            )
+            raise ValueError(f"`filters` must be a positive integer. Received: filters={filters!r}")
         if strides not in (1, 2):
             raise ValueError(f"`strides` must be 1 or 2. Received: strides={strides!r}")
         if expand_ratio <= 0 or se_ratio <= 0:

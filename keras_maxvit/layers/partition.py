@@ -26,8 +26,7 @@ def to_pair(size) -> tuple[int, int]:
         isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in pair
     ):
         raise ValueError(
-            "A partition size must be a positive int or a pair of them. "
-            f"Received: size={size!r}"
+            f"A partition size must be a positive int or a pair of them. Received: size={size!r}"
         )
     return pair
 

@@ -6,12 +6,8 @@ from keras import ops
 
 def check_rate(arg_name: str, value) -> float:
     """Returns `value` as a float, or raises if it is not a rate in [0, 1)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
-        0.0 <= value < 1.0
-    ):
-        raise ValueError(
-            f"`{arg_name}` must be a number in [0, 1). Received: {arg_name}={value!r}"
-        )
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (0.0 <= value < 1.0):
+        raise ValueError(f"`{arg_name}` must be a number in [0, 1). Received: {arg_name}={value!r}")
     return float(value)
 
 
@@ -47,9 +43,7 @@ class StochasticDepth(keras.layers.Layer):
         keep = 1.0 - self.rate
         batch = ops.shape(inputs)[0]
         mask_shape = (batch,) + (1,) * (len(inputs.shape) - 1)
-        noise = keras.random.uniform(
-            mask_shape, seed=self.seed_generator, dtype=inputs.dtype
-        )
+        noise = keras.random.uniform(mask_shape, seed=self.seed_generator, dtype=inputs.dtype)
         mask = ops.cast(noise < keep, inputs.dtype)
         return inputs * mask / ops.cast(keep, inputs.dtype)
 

@@ -76,9 +76,7 @@ class PartitionAttentionBlock(keras.layers.Layer):
         )
         self.attn.build(input_shape)
         self.norm2 = norm("norm2")
-        self.mlp_fc1 = keras.layers.Dense(
-            hidden_shape[-1], dtype=self.dtype_policy, name="mlp_fc1"
-        )
+        self.mlp_fc1 = keras.layers.Dense(hidden_shape[-1], dtype=self.dtype_policy, name="mlp_fc1")
         self.mlp_fc1.build(input_shape)
         self.mlp_fc2 = keras.layers.Dense(channels, dtype=self.dtype_policy, name="mlp_fc2")
         self.mlp_fc2.build(hidden_shape)

@@ -135,9 +135,7 @@ def _validate_weights(weights):
             f"{' or '.join(WEIGHTS_SUFFIXES)} file. Received: weights={weights!r}"
         )
     if not os.path.isfile(weights):
-        raise FileNotFoundError(
-            f"The weights file does not exist. Received: weights={weights!r}"
-        )
+        raise FileNotFoundError(f"The weights file does not exist. Received: weights={weights!r}")
 
 
 def MaxViT(
@@ -225,7 +223,7 @@ def MaxViT(
 
     total_blocks = sum(depths)
     block_index = 0
-    for stage, (filters, depth) in enumerate(zip(stage_filters, depths)):
+    for stage, (filters, depth) in enumerate(zip(stage_filters, depths, strict=True)):
         for block in range(depth):
             prefix = f"stage{stage}_block{block}"
             rate = drop_path_rate * block_index / max(total_blocks - 1, 1)
