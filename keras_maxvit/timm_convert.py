@@ -85,3 +85,53 @@ def timm_key(path: str, ndim: int) -> tuple[str, str]:
     if sublayers and sublayers[-1] == "conv2_kxk":
         return key, "depthwise"
     return key, "conv"
+
+
+def _progression_positions(source: int, target: int) -> np.ndarray:
+    """Source sample positions of timm's geometric bias-table resize.
+
+    The `source` table entries are placed at offsets that grow geometrically
+    away from the centre (ratio found by bisection) so that they span the
+    `target` table; this is BEiT's scheme as timm's `resize_rel_pos_bias_table`
+    implements it.
+    """
+    left, right = 1.01, 1.5
+    ratio = left
+    while right - left > 1e-6:
+        ratio = (left + right) / 2.0
+        progression = (1.0 - ratio ** (source // 2)) / (1.0 - ratio)
+        if progression > target // 2:
+            right = ratio
+        else:
+            left = ratio
+    offsets, current = [], 1.0
+    for i in range(source // 2):
+        offsets.append(current)
+        current += ratio ** (i + 1)
+    return np.array([-d for d in reversed(offsets)] + [0.0] + offsets)
+
+
+def resize_bias_table(table: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
+    """Resizes a `(heads, 2P-1, 2Q-1)` relative-position bias table as timm does.
+
+    Used when a checkpoint is loaded at another input resolution (another
+    window size): the table is resampled on the geometric positions of
+    `_progression_positions` with bilinear interpolation, clamped at the
+    edges, per head.
+    """
+    heads, source_h, source_w = table.shape
+    if shape[0] != heads:
+        raise ValueError(f"Cannot resize a bias table of {heads} heads to shape {shape}")
+    _, target_h, target_w = shape
+    if (source_h, source_w) == (target_h, target_w):
+        return table
+    rows_at = _progression_positions(source_h, target_h)
+    cols_at = _progression_positions(source_w, target_w)
+    target_rows = np.arange(-(target_h // 2), target_h // 2 + 0.1, 1.0)
+    target_cols = np.arange(-(target_w // 2), target_w // 2 + 0.1, 1.0)
+    out = np.empty((heads, target_h, target_w), dtype=np.float64)
+    for head in range(heads):
+        values = table[head].astype(np.float64)
+        by_rows = np.stack([np.interp(target_cols, cols_at, row) for row in values])
+        out[head] = np.stack([np.interp(target_rows, rows_at, col) for col in by_rows.T], axis=1)
+    return out.astype(table.dtype)

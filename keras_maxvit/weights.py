@@ -4,7 +4,7 @@ import os
 
 import numpy as np
 
-from keras_maxvit.timm_convert import TRANSFORMS, timm_key
+from keras_maxvit.timm_convert import TRANSFORMS, resize_bias_table, timm_key
 
 # Checkpoint entries that have no Keras counterpart by design.
 _IGNORED_SUFFIXES = ("num_batches_tracked",)
@@ -29,8 +29,9 @@ def load_timm_state_dict(model, state_dict, source: str = "the checkpoint") -> N
 
     Every Keras weight must find its tensor, with the right shape, and every
     checkpoint tensor must be used (the classification head's may be left
-    out when the model has no head). Nothing is assigned unless the whole
-    checkpoint fits.
+    out when the model has no head). Relative-position bias tables of another
+    window size (a checkpoint of another input resolution) are resized as
+    timm resizes them. Nothing is assigned unless the whole checkpoint fits.
     """
     assignments = []
     used = set()
@@ -44,13 +45,15 @@ def load_timm_state_dict(model, state_dict, source: str = "the checkpoint") -> N
             )
         tensor = np.asarray(state_dict[key])
         value = TRANSFORMS[transform](tensor)
+        if key.endswith("relative_position_bias_table") and value.shape[0] == variable.shape[0]:
+            # Another input resolution: resample the table as timm does.
+            value = resize_bias_table(value, tuple(variable.shape))
         if value.shape != tuple(variable.shape):
             raise ValueError(
                 f"{source} does not fit model {model.name!r}: tensor {key!r} has "
                 f"shape {tensor.shape} (Keras layout {value.shape}) but the weight "
                 f"{variable.path!r} has shape {tuple(variable.shape)}. It is a "
-                "checkpoint of another variant, input resolution or number of "
-                "classes."
+                "checkpoint of another variant or number of classes."
             )
         assignments.append((variable, value))
         used.add(key)

@@ -60,12 +60,14 @@ def test_checkpoint_of_another_variant_names_tensor_and_shapes(small_checkpoint)
         )
 
 
-def test_checkpoint_of_another_resolution_names_the_bias_table(small_checkpoint):
+def test_checkpoint_with_other_heads_count_names_the_bias_table(tmp_path):
+    # 64-channel stages have 2 heads; a checkpoint with 1-head tables does not fit.
+    narrow = timm_small_model(config=dict(SMALL_CONFIG, stage_filters=(32, 32, 32, 32)))
+    path = save_timm_checkpoint(narrow, tmp_path / "narrow.safetensors")
+    wider = dict(SMALL_CONFIG, stage_filters=(32, 32, 32, 64))
     with pytest.raises(ValueError) as info:
-        small_model(input_shape=(96, 96, 3), weights=small_checkpoint)
-    message = str(info.value)
-    assert "relative_position_bias_table" in message
-    assert "(1, 3, 3)" in message and "(1, 5, 5)" in message
+        keras_maxvit.MaxViT(**wider, input_shape=(64, 64, 3), classes=10, weights=path)
+    assert "'stages.3.blocks.0.conv.conv1_1x1.weight'" in str(info.value)
 
 
 def test_checkpoint_with_other_classes(small_checkpoint):
@@ -133,6 +135,6 @@ def test_input_tensor_shape_mismatch():
 def test_failed_load_leaves_the_weights_file_untouched(small_checkpoint):
     before = os.stat(small_checkpoint)
     with pytest.raises(ValueError):
-        small_model(input_shape=(96, 96, 3), weights=small_checkpoint)
+        small_model(classes=3, weights=small_checkpoint)
     after = os.stat(small_checkpoint)
     assert (before.st_size, before.st_mtime_ns) == (after.st_size, after.st_mtime_ns)

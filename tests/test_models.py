@@ -77,6 +77,28 @@ def test_small_config_logits_equal_timm(img_size, tmp_path):
     assert_close_to_reference(to_numpy(model(images)), timm_forward(reference, images))
 
 
+@pytest.mark.parametrize(
+    "source,target",
+    [((64, 64), (128, 128)), ((64, 64), (96, 96)), ((128, 128), (64, 64)), ((64, 64), (96, 64))],
+)
+def test_checkpoint_at_another_resolution_matches_timm_resize(source, target, tmp_path):
+    """Bias tables are resized as timm's checkpoint_filter_fn resizes them."""
+    from timm.models.maxxvit import checkpoint_filter_fn
+
+    trained = timm_small_model(img_size=source)
+    path = save_timm_checkpoint(trained, tmp_path / "small.safetensors")
+    reference = timm_small_model(img_size=target)
+    reference.load_state_dict(checkpoint_filter_fn(trained.state_dict(), reference))
+    model = small_model(
+        weights=path,
+        input_shape=target + (3,),
+        include_preprocessing=False,
+        classifier_activation=None,
+    )
+    images = np.random.default_rng(0).normal(size=(2,) + target + (3,)).astype("float32")
+    assert_close_to_reference(to_numpy(model(images)), timm_forward(reference, images))
+
+
 def test_preprocessing_takes_raw_pixels(tmp_path):
     reference = timm_small_model()
     path = save_timm_checkpoint(reference, tmp_path / "small.safetensors")
