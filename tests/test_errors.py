@@ -27,11 +27,6 @@ def test_unknown_weights_string_lists_valid_ones(weights):
         keras_maxvit.MaxViTTiny(weights=weights)
 
 
-def test_imagenet_by_name_says_it_is_not_available_yet():
-    with pytest.raises(ValueError, match="not available yet.*weights='imagenet'"):
-        keras_maxvit.MaxViTTiny()
-
-
 def test_weights_of_wrong_type():
     with pytest.raises(TypeError, match="Received: weights=3"):
         keras_maxvit.MaxViTTiny(weights=3)

@@ -6,11 +6,14 @@ exactly.
 """
 
 import os
+import warnings
 
 import keras
 from keras import layers
 
+from keras_maxvit import weights as weights_lib
 from keras_maxvit.layers import MBConv, PartitionAttentionBlock, gelu_tanh
+from keras_maxvit.presets import PRESETS
 
 # One entry per variant: stem width, channels and depth of the 4 stages, and the
 # width of the pre-logits layer of the classification head.
@@ -123,15 +126,13 @@ def _validate_weights(weights):
             f"Received: weights={weights!r}"
         )
     weights = os.fspath(weights)
-    if weights == "imagenet":
-        raise ValueError(
-            "Downloading pretrained weights by name is not available yet: "
-            "pass `weights=None` or the path of a timm `.safetensors` checkpoint "
-            "or a Keras `.weights.h5` file. Received: weights='imagenet'"
-        )
+    if weights_lib.is_named_weights(weights):
+        return
     if not weights.endswith(WEIGHTS_SUFFIXES):
         raise ValueError(
-            "`weights` must be one of None, 'imagenet', or the path of a "
+            "`weights` must be one of None, 'imagenet', 'imagenet21k', "
+            "'imagenet21k-ft1k', a checkpoint tag such as 'maxvit_tiny_tf_224.in1k' "
+            "(see keras_maxvit.presets.PRESETS), 'hf://timm/<tag>', or the path of a "
             f"{' or '.join(WEIGHTS_SUFFIXES)} file. Received: weights={weights!r}"
         )
     if not os.path.isfile(weights):
@@ -196,6 +197,16 @@ def MaxViT(
     input_shape = _resolve_input_shape(input_shape, input_tensor)
     _validate_input_shape(input_shape, include_preprocessing)
     height, width = input_shape[0], input_shape[1]
+    checkpoint = None
+    if weights_lib.is_named_weights(weights):
+        given = {
+            "stem_filters": stem_filters,
+            "stage_filters": tuple(stage_filters),
+            "depths": tuple(depths),
+            "head_hidden_size": head_hidden_size,
+        }
+        variant = next((k for k, c in MODEL_CONFIGS.items() if c == given), None)
+        checkpoint = weights_lib.resolve_checkpoint(weights, variant, max(height, width))
     partition_size = (height // NETWORK_STRIDE, width // NETWORK_STRIDE)
     if partition_size[0] == partition_size[1]:
         partition_size = partition_size[0]
@@ -209,7 +220,10 @@ def MaxViT(
 
     x = inputs
     if include_preprocessing:
-        mean, std = default_normalization((height, width))
+        if checkpoint is not None:
+            mean, std = PRESETS[checkpoint]["mean"], PRESETS[checkpoint]["std"]
+        else:
+            mean, std = default_normalization((height, width))
         x = layers.Normalization(
             mean=[255.0 * m for m in mean],
             variance=[(255.0 * s) ** 2 for s in std],
@@ -260,10 +274,24 @@ def MaxViT(
         model_inputs = inputs
     model = keras.Model(model_inputs, x, name=name)
 
-    if weights is not None:
-        from keras_maxvit.weights import load_weights
-
-        load_weights(model, os.fspath(weights))
+    if checkpoint is not None:
+        new_classifier = include_top and classes != PRESETS[checkpoint]["classes"]
+        if new_classifier:
+            warnings.warn(
+                f"Checkpoint {checkpoint!r} has {PRESETS[checkpoint]['classes']} classes; "
+                f"the classifier for classes={classes} starts from random weights "
+                "(every other layer is pretrained).",
+                stacklevel=3,
+            )
+        path = weights_lib.download_checkpoint(checkpoint)
+        weights_lib.load_timm_state_dict(
+            model,
+            weights_lib.read_safetensors(path),
+            source=f"The checkpoint {checkpoint!r} ({path})",
+            skip_classifier=new_classifier,
+        )
+    elif weights is not None:
+        weights_lib.load_weights(model, os.fspath(weights))
     return model
 
 
@@ -284,14 +312,20 @@ BASE_DOCSTRING = """Instantiates the {display} architecture.
             and normalizes it with the checkpoint's mean/std (ImageNet
             mean/std at 224, `0.5`/`0.5` at 384 and 512); if False it takes
             already normalized input.
-        weights: None (random initialization), `"imagenet"` (not available
-            yet), or the path of a timm-format `.safetensors` checkpoint of
-            the same variant or a Keras `.weights.h5` file.
+        weights: None (random initialization); `"imagenet"`,
+            `"imagenet21k"`, `"imagenet21k-ft1k"`, a timm tag such as
+            `"maxvit_{key}_tf_224.in1k"` or `"hf://timm/<tag>"` (downloaded
+            from the Hugging Face Hub and cached by `huggingface_hub`); or
+            the path of a timm-format `.safetensors` checkpoint of this
+            variant (any resolution: bias tables are resized) or a Keras
+            `.weights.h5` file.
         input_tensor: Optional Keras tensor to use as the model input.
         input_shape: `(height, width, channels)`; default `(224, 224, 3)`.
         pooling: With `include_top=False`: None (4D feature map), `"avg"`
             or `"max"` global pooling.
-        classes: Number of classes of the classifier.
+        classes: Number of classes of the classifier. With pretrained
+            weights of another number of classes, the classifier starts from
+            random weights and every other layer is loaded.
         classifier_activation: Activation of the classifier, e.g.
             `"softmax"`, or None for logits.
         drop_path_rate: Stochastic depth rate of the last block (the rate
