@@ -3,8 +3,8 @@
 Every Keras weight is named by its variable path (e.g.
 `stage1_block0_block_attn/attn/qkv/kernel`); `timm_key` turns that path into
 the one checkpoint key it comes from (`stages.1.blocks.0.attn_block.attn.qkv.
-weight`) and the name of the transform that converts the PyTorch layout to the
-Keras one.
+weight`), and `timm_transform` names the transform that takes that tensor
+from the PyTorch layout to the Keras one.
 """
 
 import re
@@ -55,13 +55,15 @@ TRANSFORMS = {
     "depthwise": lambda t: np.transpose(t, (2, 3, 0, 1)),
 }
 
+# Checkpoint entries that have no Keras counterpart by design.
+IGNORED_SUFFIXES = ("num_batches_tracked",)
 
-def timm_key(path: str, ndim: int) -> tuple[str, str]:
-    """The timm checkpoint key and transform name of a Keras variable.
 
-    Args:
-        path: The variable's path, e.g. `stem_conv1/kernel`.
-        ndim: The variable's rank (picks the kernel transform).
+def timm_key(path: str) -> str:
+    """The timm checkpoint key of a Keras variable path.
+
+    `stage1_block0_block_attn/attn/qkv/kernel` ->
+    `stages.1.blocks.0.attn_block.attn.qkv.weight`.
     """
     parts = path.split("/")
     layer, sublayers, variable = parts[0], parts[1:-1], parts[-1]
@@ -76,15 +78,29 @@ def timm_key(path: str, ndim: int) -> tuple[str, str]:
         stage, block, part = match.groups()
         names = [_SUBLAYERS.get(s, s) for s in sublayers]
         prefix = ".".join([f"stages.{stage}.blocks.{block}", _BLOCK_PART[part], *names])
-    key = f"{prefix}.{_VARIABLE_NAMES[variable]}"
+    return f"{prefix}.{_VARIABLE_NAMES[variable]}"
 
-    if variable != "kernel":
-        return key, "identity"
+
+def timm_transform(key: str, ndim: int) -> str:
+    """The name of the transform that takes timm tensor `key` to Keras."""
+    if not key.endswith(".weight") or ndim == 1:
+        return "identity"
     if ndim == 2:
-        return key, "linear"
-    if sublayers and sublayers[-1] == "conv2_kxk":
-        return key, "depthwise"
-    return key, "conv"
+        return "linear"
+    if key.split(".")[-2:-1] == ["conv2_kxk"]:
+        return "depthwise"
+    return "conv"
+
+
+def convert_state_dict(state_dict) -> dict[str, np.ndarray]:
+    """A timm state dict with every tensor in the Keras layout (same keys)."""
+    converted = {}
+    for key, tensor in state_dict.items():
+        if key.endswith(IGNORED_SUFFIXES):
+            continue
+        tensor = np.asarray(tensor)
+        converted[key] = TRANSFORMS[timm_transform(key, tensor.ndim)](tensor)
+    return converted
 
 
 def _progression_positions(source: int, target: int) -> np.ndarray:

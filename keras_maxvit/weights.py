@@ -1,28 +1,85 @@
-"""Loading weights into keras_maxvit models: files, checkpoint names, the Hub."""
+"""Loading weights into keras_maxvit models: files, checkpoint names, the Hub.
+
+Every source is first turned into one form, a *state*: a dict from timm
+checkpoint key to a NumPy array already in the Keras layout
+(`timm_convert.convert_state_dict`). `load_state` then copies it into a model
+of any resolution, with or without its classification head.
+"""
 
 import os
+import tempfile
+import warnings
 
 import numpy as np
 
 from keras_maxvit.presets import PRESETS
-from keras_maxvit.timm_convert import TRANSFORMS, resize_bias_table, timm_key
+from keras_maxvit.timm_convert import convert_state_dict, resize_bias_table, timm_key
 
-# Checkpoint entries that have no Keras counterpart by design.
-_IGNORED_SUFFIXES = ("num_batches_tracked",)
+# Marks the converted files that keras_maxvit writes to its own cache.
+_CACHE_FORMAT = {"format": "keras_maxvit", "layout": "keras"}
+WEIGHTS_SUFFIXES = (".safetensors", ".weights.h5", ".keras", ".bin", ".pth")
 
 
-def read_safetensors(path: str) -> dict[str, np.ndarray]:
-    """Reads a `.safetensors` file into NumPy arrays (no torch needed)."""
-    from safetensors import SafetensorError
-    from safetensors.numpy import load_file
+def read_safetensors(path: str, hint: str = "") -> tuple[dict, dict]:
+    """Reads a `.safetensors` file into NumPy arrays and its metadata (no torch)."""
+    from safetensors import SafetensorError, safe_open
 
     try:
-        return load_file(path)
-    except (SafetensorError, OSError, ValueError) as e:
+        arrays = {}
+        with safe_open(path, framework="numpy") as f:
+            metadata = f.metadata() or {}
+            for key in f.keys():
+                arrays[key] = f.get_tensor(key)
+    except (SafetensorError, OSError, ValueError, TypeError) as e:
         raise ValueError(
-            f"Could not read the safetensors checkpoint {path!r} ({e}). "
-            "Is the file complete and in safetensors format?"
+            f"Could not read the safetensors file {path!r} ({e}). The file is "
+            f"truncated, corrupt or not in safetensors format.{hint}"
         ) from e
+    return arrays, metadata
+
+
+def read_torch_checkpoint(path: str) -> dict[str, np.ndarray]:
+    """Reads a PyTorch `.bin`/`.pth` state dict with `weights_only=True` (no code runs)."""
+    try:
+        import torch
+    except ImportError as e:
+        raise ImportError(
+            f"Reading the PyTorch checkpoint {path!r} needs torch; convert it to "
+            ".safetensors or install torch."
+        ) from e
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise ValueError(
+            f"Could not read the PyTorch checkpoint {path!r} as a plain state dict "
+            f"with torch.load(weights_only=True): {type(e).__name__}: {e}"
+        ) from e
+    if isinstance(state, dict) and "state_dict" in state:
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(hasattr(v, "numpy") for v in state.values()):
+        raise ValueError(f"The PyTorch checkpoint {path!r} is not a state dict of tensors.")
+    return {k: v.detach().float().numpy() for k, v in state.items()}
+
+
+def state_from_keras_file(path: str) -> dict[str, np.ndarray]:
+    """The state of a keras_maxvit model saved as a `.keras` file."""
+    import keras
+
+    try:
+        source = keras.saving.load_model(path, safe_mode=True, compile=False)
+    except Exception as e:
+        raise ValueError(
+            f"Could not load {path!r} as a keras_maxvit `.keras` model: {type(e).__name__}: {e}"
+        ) from e
+    state = {}
+    for variable in source.weights:
+        try:
+            state[timm_key(variable.path)] = keras.ops.convert_to_numpy(variable)
+        except KeyError as e:
+            raise ValueError(
+                f"{path!r} is not a keras_maxvit MaxViT model: it has the weight {variable.path!r}."
+            ) from e
+    return state
 
 
 HF_PREFIX = "hf://timm/"
@@ -109,13 +166,62 @@ def download_checkpoint(tag: str) -> str:
         ) from e
 
 
-def load_timm_state_dict(
-    model, state_dict, source: str = "the checkpoint", skip_classifier: bool = False
-) -> None:
-    """Copies a timm `maxvit_*_tf_*` state dict into `model`.
+def keras_cache_path(tag: str) -> str:
+    """Where the converted weights of a checkpoint are cached (under KERAS_HOME)."""
+    keras_home = os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras")
+    return os.path.join(keras_home, "models", "keras_maxvit", f"{tag}.safetensors")
+
+
+def _write_cache(path: str, state: dict, tag: str) -> None:
+    """Writes converted weights to a temporary file, then renames it into place."""
+    from safetensors.numpy import save_file
+
+    directory = os.path.dirname(path)
+    try:
+        os.makedirs(directory, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(dir=directory, prefix=f".{tag}.", suffix=".tmp")
+        os.close(handle)
+        try:
+            arrays = {k: np.ascontiguousarray(v) for k, v in state.items()}
+            save_file(arrays, temporary, metadata=dict(_CACHE_FORMAT, source=f"timm/{tag}"))
+            os.replace(temporary, path)
+        finally:
+            if os.path.exists(temporary):
+                os.remove(temporary)
+    except OSError as e:
+        warnings.warn(f"Could not cache the converted weights at {path!r}: {e}", stacklevel=3)
+
+
+def pretrained_state(tag: str) -> tuple[dict, str]:
+    """The state of a published checkpoint, and a description of where it came from.
+
+    The converted weights are read from the KERAS_HOME cache when present
+    (no network); otherwise the timm checkpoint is fetched with
+    `huggingface_hub`, converted, and cached.
+    """
+    cache = keras_cache_path(tag)
+    if os.path.isfile(cache):
+        hint = f" Delete it ({cache}) to convert the checkpoint again."
+        state, metadata = read_safetensors(cache, hint=hint)
+        if metadata.get("format") != _CACHE_FORMAT["format"]:
+            raise ValueError(f"{cache!r} is not a keras_maxvit weights cache file.{hint}")
+        return state, f"The cached weights {cache!r}"
+    path = download_checkpoint(tag)
+    hint = (
+        " Delete it from the Hugging Face cache (`hf cache delete`, or remove the "
+        "file) to download it again."
+    )
+    timm_state, _ = read_safetensors(path, hint=hint)
+    state = convert_state_dict(timm_state)
+    _write_cache(cache, state, tag)
+    return state, f"The checkpoint {tag!r} ({path})"
+
+
+def load_state(model, state, source: str = "the checkpoint", skip_classifier: bool = False) -> None:
+    """Copies a state (timm keys, Keras layout) into `model`.
 
     Every Keras weight must find its tensor, with the right shape, and every
-    checkpoint tensor must be used (the classification head's may be left
+    tensor of the state must be used (the classification head's may be left
     out when the model has no head). Relative-position bias tables of another
     window size (a checkpoint of another input resolution) are resized as
     timm resizes them. Nothing is assigned unless the whole checkpoint fits.
@@ -124,25 +230,24 @@ def load_timm_state_dict(
     used = set()
     skipped = set()
     for variable in model.weights:
-        key, transform = timm_key(variable.path, len(variable.shape))
+        key = timm_key(variable.path)
         if skip_classifier and key.startswith("head.fc."):
             skipped.add(key)
             continue
-        if key not in state_dict:
+        if key not in state:
             raise ValueError(
                 f"{source} has no tensor {key!r} for the model weight "
                 f"{variable.path!r}: it is not a timm maxvit_*_tf checkpoint of "
                 f"this variant (model {model.name!r})."
             )
-        tensor = np.asarray(state_dict[key])
-        value = TRANSFORMS[transform](tensor)
+        value = np.asarray(state[key])
         if key.endswith("relative_position_bias_table") and value.shape[0] == variable.shape[0]:
             # Another input resolution: resample the table as timm does.
             value = resize_bias_table(value, tuple(variable.shape))
         if value.shape != tuple(variable.shape):
             raise ValueError(
                 f"{source} does not fit model {model.name!r}: tensor {key!r} has "
-                f"shape {tensor.shape} (Keras layout {value.shape}) but the weight "
+                f"shape {value.shape} (in the Keras layout) but the weight "
                 f"{variable.path!r} has shape {tuple(variable.shape)}. It is a "
                 "checkpoint of another variant or number of classes."
             )
@@ -152,11 +257,8 @@ def load_timm_state_dict(
     has_head = any(key.startswith("head.") for key in used | skipped)
     unused = [
         key
-        for key in state_dict
-        if key not in used
-        and key not in skipped
-        and not key.endswith(_IGNORED_SUFFIXES)
-        and (has_head or not key.startswith("head."))
+        for key in state
+        if key not in used and key not in skipped and (has_head or not key.startswith("head."))
     ]
     if unused:
         raise ValueError(
@@ -168,16 +270,36 @@ def load_timm_state_dict(
 
 
 def load_weights(model, path: str) -> None:
-    """Loads a timm `.safetensors` checkpoint or a Keras `.weights.h5` file."""
+    """Loads a local weights file into `model`.
+
+    `.safetensors` (a timm checkpoint, or a file of keras_maxvit's cache),
+    `.bin`/`.pth` (a timm PyTorch state dict, read with
+    `torch.load(weights_only=True)`), `.keras` (a saved keras_maxvit model,
+    loaded with `safe_mode=True`) load at any resolution; `.weights.h5` must
+    come from the same architecture.
+    """
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"The weights file does not exist. Received: weights={path!r}")
+    source = f"The weights file {path!r}"
     if path.endswith(".weights.h5"):
-        model.load_weights(path)
-    elif path.endswith(".safetensors"):
-        load_timm_state_dict(model, read_safetensors(path), source=f"The checkpoint {path!r}")
+        try:
+            model.load_weights(path)
+        except Exception as e:
+            raise ValueError(f"{source} does not fit model {model.name!r}: {e}") from e
+        return
+    if path.endswith(".safetensors"):
+        arrays, metadata = read_safetensors(path)
+        if metadata.get("format") == _CACHE_FORMAT["format"]:
+            state = arrays
+        else:
+            state = convert_state_dict(arrays)
+    elif path.endswith((".bin", ".pth")):
+        state = convert_state_dict(read_torch_checkpoint(path))
+    elif path.endswith(".keras"):
+        state = state_from_keras_file(path)
     else:
         raise ValueError(
-            "Weights files must end in `.safetensors` (timm checkpoint) or "
-            f"`.weights.h5` (Keras). Received: weights={path!r}"
+            f"Weights files must end in one of {WEIGHTS_SUFFIXES}. Received: weights={path!r}"
         )
+    load_state(model, state, source=source)

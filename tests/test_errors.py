@@ -21,7 +21,7 @@ def small_checkpoint(tmp_path_factory):
     return save_timm_checkpoint(timm_small_model(), path)
 
 
-@pytest.mark.parametrize("weights", ["imagenet1k", "random", "model.bin"])
+@pytest.mark.parametrize("weights", ["imagenet1k", "random", "model.onnx"])
 def test_unknown_weights_string_lists_valid_ones(weights):
     with pytest.raises(ValueError, match=f"None, 'imagenet'.*Received: weights='{weights}'"):
         keras_maxvit.MaxViTTiny(weights=weights)
@@ -44,7 +44,7 @@ def test_checkpoint_of_another_variant_names_tensor_and_shapes(small_checkpoint)
         keras_maxvit.MaxViT(**wider, input_shape=(64, 64, 3), classes=10, weights=small_checkpoint)
     message = str(info.value)
     assert "'stages.1.blocks.0.conv.conv1_1x1.weight'" in message
-    assert "(128, 32, 1, 1)" in message and "(1, 1, 32, 256)" in message
+    assert "(1, 1, 32, 128)" in message and "(1, 1, 32, 256)" in message
     deeper = dict(SMALL_CONFIG, depths=(1, 2, 2, 1))
     with pytest.raises(ValueError, match="has no tensor 'stages.2.blocks.1"):
         keras_maxvit.MaxViT(**deeper, input_shape=(64, 64, 3), classes=10, weights=small_checkpoint)
@@ -66,7 +66,7 @@ def test_checkpoint_with_other_heads_count_names_the_bias_table(tmp_path):
 
 
 def test_checkpoint_with_other_classes(small_checkpoint):
-    with pytest.raises(ValueError, match="'head.fc.weight' has shape \\(10, 48\\)"):
+    with pytest.raises(ValueError, match="'head.fc.weight' has shape \\(48, 10\\)"):
         small_model(classes=5, weights=small_checkpoint)
 
 

@@ -20,7 +20,7 @@ from keras_maxvit.layers import (
     RelativePositionAttention,
     StochasticDepth,
 )
-from keras_maxvit.timm_convert import TRANSFORMS, timm_key
+from keras_maxvit.timm_convert import convert_state_dict, timm_key
 
 LAYER_CASES = [
     (StochasticDepth, {"rate": 0.25, "seed": 1}, (4, 4, 4, 8)),
@@ -186,10 +186,9 @@ def test_attention_matches_numpy(partition_type, size, shape):
 
 def _load_from_timm(layer, module, prefix):
     """Copies a timm module's tensors into a standalone Keras block layer."""
-    state = {k: v.detach().numpy() for k, v in module.state_dict().items()}
+    state = convert_state_dict({k: v.numpy() for k, v in module.state_dict().items()})
     for variable in layer.weights:
-        key, transform = timm_key(variable.path, len(variable.shape))
-        variable.assign(TRANSFORMS[transform](state[key.removeprefix(prefix)]))
+        variable.assign(state[timm_key(variable.path).removeprefix(prefix)])
 
 
 def _timm_nchw(module, x):

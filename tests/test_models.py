@@ -222,3 +222,45 @@ def test_fit_lowers_the_loss():
     losses = history.history["loss"]
     assert np.all(np.isfinite(losses))
     assert losses[-1] < 0.7 * losses[0], losses
+
+
+@pytest.mark.parametrize("suffix", [".pth", ".bin"])
+def test_pytorch_checkpoint_files_load_with_weights_only(suffix, tmp_path):
+    import torch
+
+    reference = timm_small_model()
+    path = tmp_path / f"small{suffix}"
+    torch.save(reference.state_dict(), path)
+    model = small_model(weights=str(path), include_preprocessing=False, classifier_activation=None)
+    images = np.random.default_rng(8).normal(size=(2, 64, 64, 3)).astype("float32")
+    assert_close_to_reference(to_numpy(model(images)), timm_forward(reference, images))
+
+
+class NotAStateDict:
+    """Pickled objects are refused: only plain tensors are read."""
+
+
+def test_pytorch_checkpoint_with_code_is_refused(tmp_path):
+    import torch
+
+    path = tmp_path / "evil.pth"
+    torch.save({"stem.conv1.weight": torch.zeros(1), "payload": NotAStateDict()}, path)
+    with pytest.raises(ValueError, match="weights_only=True"):
+        small_model(weights=str(path))
+
+
+def test_keras_model_file_as_weights_at_another_resolution(tmp_path):
+    reference = timm_small_model()
+    checkpoint = save_timm_checkpoint(reference, tmp_path / "small.safetensors")
+    saved = small_model(weights=checkpoint)
+    path = tmp_path / "small.keras"
+    saved.save(path)
+    # The .keras file serves as weights, at its own and at another resolution.
+    images = np.random.default_rng(9).uniform(0, 255, (1, 64, 64, 3)).astype("float32")
+    np.testing.assert_allclose(
+        to_numpy(small_model(weights=str(path))(images)), to_numpy(saved(images)), atol=1e-6
+    )
+    larger = small_model(weights=str(path), input_shape=(128, 128, 3))
+    from_checkpoint = small_model(weights=checkpoint, input_shape=(128, 128, 3))
+    for a, b in zip(larger.weights, from_checkpoint.weights, strict=True):
+        np.testing.assert_array_equal(to_numpy(a), to_numpy(b))

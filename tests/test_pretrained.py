@@ -71,16 +71,17 @@ images = np.load(sys.argv[1])
 model = keras_maxvit.MaxViTTiny(
     weights=sys.argv[2], include_preprocessing=False, classifier_activation=None
 )
-logits = keras.ops.convert_to_numpy(model(images))
-with warnings.catch_warnings(record=True) as caught:
-    warnings.simplefilter("always")
-    new_head = keras_maxvit.MaxViTTiny(weights="imagenet", include_preprocessing=False, classes=5)
-features = keras.Model(new_head.input, new_head.get_layer("head_pre_logits").output)
-print(json.dumps({
-    "logits": logits.tolist(),
-    "pre_logits": keras.ops.convert_to_numpy(features(images)).tolist(),
-    "warnings": [str(w.message) for w in caught],
-}))
+out = {"logits": keras.ops.convert_to_numpy(model(images)).tolist()}
+if sys.argv[3] == "new_head":
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        new_head = keras_maxvit.MaxViTTiny(
+            weights="imagenet", include_preprocessing=False, classes=5
+        )
+    features = keras.Model(new_head.input, new_head.get_layer("head_pre_logits").output)
+    out["pre_logits"] = keras.ops.convert_to_numpy(features(images)).tolist()
+    out["warnings"] = [str(w.message) for w in caught]
+print(json.dumps(out))
 """
 
 
@@ -98,10 +99,15 @@ def _fake_hub_cache(root, tag, model):
     save_file(state, str(snapshot / "model.safetensors"))
 
 
-def _run_hub_script(tmp_path, cache, weights):
-    env = dict(os.environ, HF_HUB_CACHE=str(cache), HF_HUB_OFFLINE="1")
+def _run_hub_script(tmp_path, hub_cache, weights, mode="logits"):
+    env = dict(
+        os.environ,
+        HF_HUB_CACHE=str(hub_cache),
+        HF_HUB_OFFLINE="1",
+        KERAS_HOME=str(tmp_path / "keras_home"),
+    )
     return subprocess.run(
-        [sys.executable, "-c", HUB_SCRIPT, str(tmp_path / "images.npy"), weights],
+        [sys.executable, "-c", HUB_SCRIPT, str(tmp_path / "images.npy"), weights, mode],
         env=env,
         capture_output=True,
         text=True,
@@ -109,27 +115,62 @@ def _run_hub_script(tmp_path, cache, weights):
     )
 
 
-def test_imagenet_weights_load_from_the_hub_cache(tmp_path):
+def test_imagenet_weights_load_from_the_hub_cache_then_the_keras_cache(tmp_path):
     import timm
     import torch
 
     reference = timm.create_model("maxvit_tiny_tf_224")
     perturb_timm_model(reference)
-    cache = tmp_path / "hub"
-    _fake_hub_cache(cache, "maxvit_tiny_tf_224.in1k", reference)
+    hub = tmp_path / "hub"
+    _fake_hub_cache(hub, "maxvit_tiny_tf_224.in1k", reference)
     images = np.random.default_rng(0).normal(size=(1, 224, 224, 3)).astype("float32")
     np.save(tmp_path / "images.npy", images)
+    expected = timm_forward(reference, images)
 
-    result = _run_hub_script(tmp_path, cache, "imagenet")
+    # 1. From the Hub cache: converted, then cached under KERAS_HOME.
+    result = _run_hub_script(tmp_path, hub, "imagenet", mode="new_head")
     assert result.returncode == 0, result.stderr[-3000:]
     out = json.loads(result.stdout.strip().splitlines()[-1])
-    assert_close_to_reference(np.array(out["logits"]), timm_forward(reference, images))
+    assert_close_to_reference(np.array(out["logits"]), expected)
     # classes=5: every weight but the classifier is the checkpoint's.
     with torch.no_grad():
         x = torch.from_numpy(images.transpose(0, 3, 1, 2))
         pre_logits = reference.forward_head(reference.forward_features(x), pre_logits=True)
     assert_close_to_reference(np.array(out["pre_logits"]), pre_logits.numpy())
     assert any("starts from random weights" in w for w in out["warnings"])
+    cache_dir = tmp_path / "keras_home" / "models" / "keras_maxvit"
+    assert sorted(p.name for p in cache_dir.iterdir()) == ["maxvit_tiny_tf_224.in1k.safetensors"]
+
+    # 2. With no Hub cache at all, the Keras cache alone serves the weights.
+    (tmp_path / "no_hub").mkdir()
+    result = _run_hub_script(tmp_path, tmp_path / "no_hub", "maxvit_tiny_tf_224.in1k")
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    assert_close_to_reference(np.array(out["logits"]), expected)
+
+    # 3. A truncated cache file gives an error that names it and how to clear it.
+    cached = cache_dir / "maxvit_tiny_tf_224.in1k.safetensors"
+    cached.write_bytes(cached.read_bytes()[:5000])
+    result = _run_hub_script(tmp_path, hub, "imagenet")
+    assert result.returncode != 0
+    assert str(cached) in result.stderr and "Delete it" in result.stderr
+    assert cached.stat().st_size == 5000  # left for the user to inspect
+
+
+def test_truncated_hub_checkpoint_names_the_file(tmp_path):
+    import timm
+
+    hub = tmp_path / "hub"
+    _fake_hub_cache(hub, "maxvit_tiny_tf_224.in1k", timm.create_model("maxvit_tiny_tf_224"))
+    (checkpoint,) = hub.rglob("model.safetensors")
+    checkpoint.write_bytes(checkpoint.read_bytes()[:3000])
+    np.save(tmp_path / "images.npy", np.zeros((1, 224, 224, 3), "float32"))
+    result = _run_hub_script(tmp_path, hub, "imagenet")
+    assert result.returncode != 0
+    assert "model.safetensors" in result.stderr and "Hugging Face cache" in result.stderr
+    assert not (tmp_path / "keras_home" / "models" / "keras_maxvit").exists() or not any(
+        (tmp_path / "keras_home" / "models" / "keras_maxvit").iterdir()
+    )
 
 
 def test_missing_checkpoint_offline_names_the_repo(tmp_path):

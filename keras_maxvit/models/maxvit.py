@@ -57,7 +57,6 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 INCEPTION_MEAN = (0.5, 0.5, 0.5)
 INCEPTION_STD = (0.5, 0.5, 0.5)
 POOLING_OPTIONS = (None, "avg", "max")
-WEIGHTS_SUFFIXES = (".safetensors", ".weights.h5")
 
 
 def default_normalization(image_size: tuple[int, int]):
@@ -128,12 +127,12 @@ def _validate_weights(weights):
     weights = os.fspath(weights)
     if weights_lib.is_named_weights(weights):
         return
-    if not weights.endswith(WEIGHTS_SUFFIXES):
+    if not weights.endswith(weights_lib.WEIGHTS_SUFFIXES):
         raise ValueError(
             "`weights` must be one of None, 'imagenet', 'imagenet21k', "
             "'imagenet21k-ft1k', a checkpoint tag such as 'maxvit_tiny_tf_224.in1k' "
             "(see keras_maxvit.presets.PRESETS), 'hf://timm/<tag>', or the path of a "
-            f"{' or '.join(WEIGHTS_SUFFIXES)} file. Received: weights={weights!r}"
+            f"{', '.join(weights_lib.WEIGHTS_SUFFIXES)} file. Received: weights={weights!r}"
         )
     if not os.path.isfile(weights):
         raise FileNotFoundError(f"The weights file does not exist. Received: weights={weights!r}")
@@ -283,13 +282,8 @@ def MaxViT(
                 "(every other layer is pretrained).",
                 stacklevel=3,
             )
-        path = weights_lib.download_checkpoint(checkpoint)
-        weights_lib.load_timm_state_dict(
-            model,
-            weights_lib.read_safetensors(path),
-            source=f"The checkpoint {checkpoint!r} ({path})",
-            skip_classifier=new_classifier,
-        )
+        state, source = weights_lib.pretrained_state(checkpoint)
+        weights_lib.load_state(model, state, source=source, skip_classifier=new_classifier)
     elif weights is not None:
         weights_lib.load_weights(model, os.fspath(weights))
     return model
@@ -316,9 +310,10 @@ BASE_DOCSTRING = """Instantiates the {display} architecture.
             `"imagenet21k"`, `"imagenet21k-ft1k"`, a timm tag such as
             `"maxvit_{key}_tf_224.in1k"` or `"hf://timm/<tag>"` (downloaded
             from the Hugging Face Hub and cached by `huggingface_hub`); or
-            the path of a timm-format `.safetensors` checkpoint of this
-            variant (any resolution: bias tables are resized) or a Keras
-            `.weights.h5` file.
+            the path of a timm checkpoint of this variant (`.safetensors`,
+            or `.bin`/`.pth` read with `torch.load(weights_only=True)`), a
+            saved keras_maxvit `.keras` model (any resolution: bias tables
+            are resized), or a Keras `.weights.h5` file.
         input_tensor: Optional Keras tensor to use as the model input.
         input_shape: `(height, width, channels)`; default `(224, 224, 3)`.
         pooling: With `include_top=False`: None (4D feature map), `"avg"`
