@@ -1,6 +1,7 @@
 """keras-maxvit: MaxViT (Multi-Axis Vision Transformer) for Keras 3."""
 
 from keras_maxvit import layers
+from keras_maxvit.imagenet import decode_predictions, preprocess_input
 from keras_maxvit.models.maxvit import (
     MODEL_CONFIGS,
     MaxViT,
@@ -21,5 +22,7 @@ __all__ = [
     "MaxViTSmall",
     "MaxViTTiny",
     "MaxViTXLarge",
+    "decode_predictions",
     "layers",
+    "preprocess_input",
 ]

@@ -18,7 +18,12 @@ from conftest import (
 )
 
 import keras_maxvit
-from keras_maxvit.models.maxvit import IMAGENET_MEAN, IMAGENET_STD
+from keras_maxvit.models.maxvit import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    MODEL_CONFIGS,
+    count_parameters,
+)
 
 VARIANTS = {
     "tiny": keras_maxvit.MaxViTTiny,
@@ -60,7 +65,14 @@ def test_parameter_count_equals_timm(variant):
     expected = sum(p.numel() for p in reference.parameters())
     model = VARIANTS[variant](weights=None, classes=classes)
     assert trainable_count(model) == expected
+    assert count_parameters(MODEL_CONFIGS[variant], classes) == expected
     keras.backend.clear_session()
+
+
+@pytest.mark.parametrize("resolution,classes", [(64, 10), (128, 3)])
+def test_count_parameters_follows_resolution_and_classes(resolution, classes):
+    model = small_model(input_shape=(resolution, resolution, 3), classes=classes)
+    assert count_parameters(SMALL_CONFIG, classes, resolution) == trainable_count(model)
 
 
 @pytest.mark.parametrize("img_size", [(64, 64), (96, 64), (128, 128)])

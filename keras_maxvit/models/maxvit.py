@@ -70,6 +70,36 @@ def default_normalization(image_size: tuple[int, int]):
     return IMAGENET_MEAN, IMAGENET_STD
 
 
+def count_parameters(config: dict, classes: int = 1000, resolution: int = 224) -> int:
+    """Trainable parameters of a MaxViT configuration, without building it.
+
+    Depends on the input resolution through the bias tables (window = side / 32)
+    and on `classes` through the classifier; for the table of checkpoints.
+    """
+    stem = config["stem_filters"]
+    total = (27 * stem + stem) + 2 * stem + (9 * stem * stem + stem)
+    window = resolution // NETWORK_STRIDE
+    channels = stem
+    for filters, depth in zip(config["stage_filters"], config["depths"], strict=True):
+        for block in range(depth):
+            mid, se = 4 * filters, filters // 4
+            total += 2 * channels + channels * mid + 2 * mid + 9 * mid + 2 * mid
+            total += (mid * se + se) + (se * mid + mid) + (mid * filters + filters)
+            if block == 0 and channels != filters:
+                total += channels * filters + filters
+            channels = filters
+            heads = filters // 32
+            attention = 3 * filters * filters + 3 * filters + heads * (2 * window - 1) ** 2
+            attention += filters * filters + filters
+            mlp = 8 * filters * filters + 5 * filters
+            total += 2 * (4 * filters + attention + mlp)
+    hidden = config["head_hidden_size"] or channels
+    total += 2 * channels
+    if config["head_hidden_size"]:
+        total += channels * hidden + hidden
+    return total + hidden * classes + classes
+
+
 def _validate_input_shape(input_shape, include_preprocessing):
     if len(input_shape) != 3:
         raise ValueError(

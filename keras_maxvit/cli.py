@@ -1,0 +1,170 @@
+"""The `keras-maxvit` command: list checkpoints, predict, convert to `.keras`."""
+
+import argparse
+import os
+import sys
+
+from keras_maxvit.presets import PRESETS
+
+VARIANT_NAMES = ("tiny", "small", "base", "large", "xlarge")
+SIZE_HELP = "input side, a multiple of 32 (default: the checkpoint's, or 224 for a file)"
+
+
+def _constructor(variant: str):
+    import keras_maxvit
+
+    return getattr(
+        keras_maxvit, {"xlarge": "MaxViTXLarge"}.get(variant, f"MaxViT{variant.title()}")
+    )
+
+
+def _checkpoint(weights: str, variant: str, size: int | None):
+    """(preset tag or None, variant, resolution) for a --weights value."""
+    from keras_maxvit.weights import is_named_weights, resolve_checkpoint
+
+    if is_named_weights(weights):
+        tag_variant = PRESETS.get(weights.removeprefix("hf://timm/"), {}).get("variant", variant)
+        tag = resolve_checkpoint(weights, tag_variant, size or 224)
+        return tag, PRESETS[tag]["variant"], size or PRESETS[tag]["resolution"]
+    if not os.path.isfile(weights):
+        raise FileNotFoundError(
+            f"{weights!r} is neither a checkpoint name (see `keras-maxvit list`) "
+            "nor an existing weights file"
+        )
+    return None, variant, size or 224
+
+
+def _file_classes(path: str) -> int | None:
+    """Classes of the classifier stored in a local weights file, if it says."""
+    from keras_maxvit import weights as weights_lib
+
+    if path.endswith(".safetensors"):
+        state, _ = weights_lib.read_safetensors(path)
+    elif path.endswith((".bin", ".pth")):
+        state = weights_lib.read_torch_checkpoint(path)
+    else:
+        return None
+    fc = state.get("head.fc.weight")
+    if fc is None:
+        return None
+    # timm layout (classes, hidden); keras_maxvit's cache layout (hidden, classes).
+    _, metadata = weights_lib.read_safetensors(path) if path.endswith(".safetensors") else (0, {})
+    return int(fc.shape[-1] if metadata.get("format") == "keras_maxvit" else fc.shape[0])
+
+
+def cmd_list(args) -> None:
+    from keras_maxvit.models.maxvit import MODEL_CONFIGS, count_parameters
+
+    print(f"{'checkpoint':38} {'size':>4} {'classes':>7} {'params':>9} {'top-1':>6}  mean/std")
+    for tag, p in PRESETS.items():
+        params = count_parameters(MODEL_CONFIGS[p["variant"]], p["classes"], p["resolution"])
+        top1 = f"{p['top1']:.2f}" if p["top1"] else "-"
+        norm = "imagenet" if p["mean"][0] != 0.5 else "0.5/0.5"
+        print(
+            f"{tag:38} {p['resolution']:>4} {p['classes']:>7} "
+            f"{params / 1e6:>8.2f}M {top1:>6}  {norm}"
+        )
+
+
+def cmd_predict(args) -> None:
+    import numpy as np
+
+    from keras_maxvit.imagenet import decode_predictions, load_eval_image
+
+    tag, variant, size = _checkpoint(args.weights, args.model, args.size)
+    preset = PRESETS[tag] if tag else {"crop_pct": 0.95 if size == 224 else 1.0}
+    images = np.stack(
+        [load_eval_image(path, size, preset["crop_pct"], "bicubic") for path in args.images]
+    )
+    classes = PRESETS[tag]["classes"] if tag else (_file_classes(args.weights) or 1000)
+    weights = tag or args.weights
+    model = _constructor(variant)(weights=weights, input_shape=(size, size, 3), classes=classes)
+    probs = model.predict(images, verbose=0)
+    top = min(args.top, classes)
+    for path, row in zip(args.images, probs, strict=True):
+        print(path)
+        if classes == 1000:
+            for rank, (wnid, name, score) in enumerate(decode_predictions(row[None], top)[0], 1):
+                print(f"  {rank}. {name} ({wnid}): {score:.4f}")
+        else:
+            for rank, index in enumerate(np.argsort(row)[::-1][:top], 1):
+                print(f"  {rank}. class {index}: {row[index]:.4f}")
+
+
+def cmd_convert(args) -> None:
+    if not args.out.endswith(".keras"):
+        raise ValueError(f"--out must be a .keras file. Received: --out {args.out}")
+    if os.path.exists(args.out) and not args.force:
+        raise FileExistsError(f"{args.out} exists; pass --force to overwrite it")
+    tag, variant, size = _checkpoint(args.source, args.model, args.size)
+    classes = PRESETS[tag]["classes"] if tag else (_file_classes(args.source) or 1000)
+    model = _constructor(variant)(
+        weights=tag or args.source, input_shape=(size, size, 3), classes=classes
+    )
+    directory = os.path.dirname(os.path.abspath(args.out))
+    temporary = os.path.join(directory, f".{os.path.basename(args.out)}.partial.keras")
+    try:
+        model.save(temporary)
+        os.replace(temporary, args.out)
+    finally:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+    print(f"Saved {model.name} ({size}x{size}, {classes} classes) to {args.out}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="keras-maxvit",
+        description="MaxViT for Keras 3: list checkpoints, classify images, convert weights.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    listing = commands.add_parser("list", help="list the 21 official checkpoints")
+    listing.set_defaults(run=cmd_list)
+
+    predict = commands.add_parser("predict", help="classify images with a pretrained MaxViT")
+    predict.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
+    predict.add_argument("--model", choices=VARIANT_NAMES, default="tiny", help="variant")
+    predict.add_argument(
+        "--weights",
+        default="imagenet",
+        help="'imagenet', 'imagenet21k', 'imagenet21k-ft1k', a tag from `list`, "
+        "hf://timm/<tag>, or a weights file (default: imagenet)",
+    )
+    predict.add_argument("--top", type=int, default=5, help="classes to show (default: 5)")
+    predict.add_argument(
+        "--size", type=int, default=None, help="input side (default: the checkpoint's)"
+    )
+    predict.set_defaults(run=cmd_predict)
+
+    convert = commands.add_parser(
+        "convert", help="turn a timm checkpoint or tag into a self-contained .keras model"
+    )
+    convert.add_argument(
+        "source", metavar="SRC", help="a tag, alias, hf://timm/<tag> or a checkpoint file"
+    )
+    convert.add_argument("--out", required=True, help="the .keras file to write")
+    convert.add_argument(
+        "--model", choices=VARIANT_NAMES, default="tiny", help="variant of a file or alias"
+    )
+    convert.add_argument(
+        "--size", type=int, default=None, help="input side (default: the checkpoint's)"
+    )
+    convert.add_argument("--force", action="store_true", help="overwrite --out if it exists")
+    convert.set_defaults(run=cmd_convert)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.run(args)
+    except (ValueError, TypeError, OSError, ImportError, KeyError) as e:
+        message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        print(f"keras-maxvit: error: {message}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

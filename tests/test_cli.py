@@ -1,0 +1,190 @@
+"""The `keras-maxvit` command and the ImageNet helpers, against timm."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+from conftest import assert_close_to_reference, perturb_timm_model, save_timm_checkpoint
+
+import keras_maxvit
+from keras_maxvit import cli
+from keras_maxvit.imagenet import imagenet_classes, load_eval_image
+from keras_maxvit.presets import PRESETS
+
+
+def _image(path, width, height, seed):
+    from PIL import Image
+
+    pixels = np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(path)
+    return str(path)
+
+
+def _timm_eval_input(path, tag):
+    """The image as timm's own eval transform for checkpoint `tag` prepares it."""
+    import timm.data
+    from PIL import Image
+
+    config = timm.data.resolve_data_config(pretrained_cfg=PRESETS_TO_TIMM[tag])
+    transform = timm.data.create_transform(**config)
+    with Image.open(path) as image:
+        return transform(image.convert("RGB")).numpy().transpose(1, 2, 0)
+
+
+PRESETS_TO_TIMM = {
+    tag: {
+        "input_size": (3, p["resolution"], p["resolution"]),
+        "crop_pct": p["crop_pct"],
+        "interpolation": p["interpolation"],
+        "mean": p["mean"],
+        "std": p["std"],
+        "crop_mode": "center",
+    }
+    for tag, p in PRESETS.items()
+}
+
+
+@pytest.mark.parametrize(
+    "tag,width,height",
+    [
+        ("maxvit_tiny_tf_224.in1k", 300, 257),
+        ("maxvit_tiny_tf_224.in1k", 180, 411),
+        ("maxvit_base_tf_384.in21k_ft_in1k", 500, 389),
+    ],
+)
+def test_eval_transform_and_preprocess_input_match_timm(tag, width, height, tmp_path):
+    path = _image(tmp_path / "image.png", width, height, seed=width)
+    preset = PRESETS[tag]
+    pixels = load_eval_image(path, preset["resolution"], preset["crop_pct"])
+    ours = keras_maxvit.preprocess_input(pixels, weights=tag)
+    np.testing.assert_allclose(ours, _timm_eval_input(path, tag), atol=1e-5)
+    alias = keras_maxvit.preprocess_input(
+        pixels, weights="imagenet", resolution=preset["resolution"]
+    )
+    if tag.endswith("in1k") and "in21k" not in tag:
+        np.testing.assert_array_equal(alias, ours)
+    # A model with its own preprocessing takes raw pixels: a no-op for it.
+    model = keras_maxvit.MaxViT(
+        stem_filters=16,
+        stage_filters=(32,),
+        depths=(1,),
+        head_hidden_size=None,
+        weights=None,
+        input_shape=(64, 64, 3),
+    )
+    assert keras_maxvit.preprocess_input(pixels, model=model) is pixels
+
+
+def test_decode_predictions():
+    classes = imagenet_classes()
+    assert len(classes) == 1000 and classes[281] == ("n02123045", "tabby")
+    assert len({wnid for wnid, _ in classes}) == 1000
+    preds = np.zeros((2, 1000), "float32")
+    preds[0, [281, 5, 999]] = [0.7, 0.2, 0.1]
+    preds[1, 1] = 1.0
+    decoded = keras_maxvit.decode_predictions(preds, top=3)
+    assert [name for _, name, _ in decoded[0]] == ["tabby", classes[5][1], "toilet_tissue"]
+    assert decoded[0][0] == ("n02123045", "tabby", pytest.approx(0.7))
+    assert decoded[1][0][1] == "goldfish"
+    with pytest.raises(ValueError, match=r"Received: preds.shape=\(2, 10\)"):
+        keras_maxvit.decode_predictions(np.zeros((2, 10)))
+    with pytest.raises(ValueError, match="Received: top=0"):
+        keras_maxvit.decode_predictions(preds, top=0)
+
+
+def test_list_prints_every_checkpoint(capsys):
+    assert cli.main(["list"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 1 + 21
+    assert any(
+        line.startswith("maxvit_xlarge_tf_224.in21k") and "506.99M" in line for line in lines
+    )
+    assert any(line.startswith("maxvit_tiny_tf_224.in1k") and "83.62" in line for line in lines)
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory):
+    import timm
+
+    reference = timm.create_model("maxvit_tiny_tf_224")
+    perturb_timm_model(reference)
+    path = tmp_path_factory.mktemp("tiny") / "tiny.safetensors"
+    return reference, save_timm_checkpoint(reference, path)
+
+
+def test_predict_and_convert_match_timm(tiny_checkpoint, tmp_path, capsys):
+    import torch
+
+    reference, checkpoint = tiny_checkpoint
+    images = [_image(tmp_path / f"{i}.png", 260 + 40 * i, 240, seed=i) for i in range(2)]
+    tag = "maxvit_tiny_tf_224.in1k"
+    timm_inputs = np.stack([_timm_eval_input(path, tag) for path in images])
+    with torch.no_grad():
+        logits = reference(torch.from_numpy(timm_inputs.transpose(0, 3, 1, 2)))
+        expected = torch.softmax(logits, -1).numpy()
+
+    assert cli.main(["predict", *images, "--weights", checkpoint, "--top", "3"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    classes = imagenet_classes()
+    for i, path in enumerate(images):
+        block = out[out.index(path) + 1 : out.index(path) + 4]
+        best = np.argsort(expected[i])[::-1][:3]
+        for line, index in zip(block, best, strict=True):
+            wnid, name = classes[index]
+            assert f"{name} ({wnid})" in line
+            assert float(line.rsplit(":", 1)[1]) == pytest.approx(expected[i, index], abs=1e-4)
+
+    out_path = tmp_path / "tiny.keras"
+    assert cli.main(["convert", checkpoint, "--out", str(out_path)]) == 0
+    model = keras.saving.load_model(out_path, safe_mode=True)
+    raw = np.stack([load_eval_image(p, 224, 0.95) for p in images])
+    assert_close_to_reference(keras.ops.convert_to_numpy(model(raw)), expected)
+
+    # An existing file is never overwritten without --force.
+    before = out_path.read_bytes()
+    assert cli.main(["convert", checkpoint, "--out", str(out_path)]) == 1
+    assert "exists" in capsys.readouterr().err
+    assert out_path.read_bytes() == before
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["predict", "missing.jpg", "--weights", "maxvit_tiny_tf_224.in1k"], "No such image file"),
+        (["predict", "{image}", "--weights", "hf://timm/maxvit_x.in1k"], "Unknown checkpoint"),
+        (["predict", "{image}", "--weights", "no_such_weights"], "neither a checkpoint name"),
+        (["predict", "{image}", "--weights", "missing.safetensors"], "neither a checkpoint"),
+        (["predict", "{image}", "--model", "tiny", "--weights", "imagenet21k"], "no 'imagenet21k'"),
+        (["convert", "maxvit_tiny_tf_224.in1k", "--out", "x.h5"], "must be a .keras file"),
+        (["predict", "{not_image}", "--weights", "{checkpoint}"], "as an image"),
+        (["predict", "{image}", "--weights", "{checkpoint}"], "truncated, corrupt"),
+    ],
+)
+def test_bad_arguments_give_one_line_and_nonzero_exit(argv, message, tmp_path, capsys):
+    image = _image(tmp_path / "a.png", 64, 64, seed=0)
+    not_image = tmp_path / "notes.txt"
+    not_image.write_text("not an image")
+    checkpoint = tmp_path / "c.safetensors"
+    checkpoint.write_bytes(b"")
+    argv = [a.format(image=image, not_image=not_image, checkpoint=checkpoint) for a in argv]
+    assert cli.main(argv) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("keras-maxvit: error:") and message in err[0]
+
+
+def test_console_script_help():
+    script = Path(sys.executable).parent / "keras-maxvit"
+    for command in ([], ["list"], ["predict"], ["convert"]):
+        result = subprocess.run(
+            [str(script), *command, "--help"],
+            capture_output=True,
+            text=True,
+            env=dict(os.environ),
+            timeout=120,
+        )
+        assert result.returncode == 0, result.stderr
+        assert "usage: keras-maxvit" in result.stdout
