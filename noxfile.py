@@ -28,6 +28,23 @@ def tests(session: nox.Session, backend: str) -> None:
 
 
 @nox.session(venv_backend="none")
+@nox.parametrize("backend", BACKENDS)
+def slow(session: nox.Session, backend: str) -> None:
+    """Parity of the Base, Large and XLarge checkpoints (minutes, ~10 GiB of memory)."""
+    session.run(
+        sys.executable,
+        "-m",
+        "pytest",
+        "-p",
+        "no:cacheprovider",
+        "-m",
+        "slow",
+        *session.posargs,
+        env={"KERAS_BACKEND": backend},
+    )
+
+
+@nox.session(venv_backend="none")
 def lint(session: nox.Session) -> None:
     """Checks style and imports with ruff."""
     paths = ["keras_maxvit", "tests", "examples", "noxfile.py"]

@@ -173,6 +173,67 @@ def test_truncated_hub_checkpoint_names_the_file(tmp_path):
     )
 
 
+HUB_VARIANTS = [
+    ("tiny", "maxvit_tiny_tf_224.in1k", "imagenet"),
+    ("small", "maxvit_small_tf_224.in1k", "imagenet"),
+    pytest.param("base", "maxvit_base_tf_224.in1k", "imagenet", marks=pytest.mark.slow),
+    pytest.param("large", "maxvit_large_tf_224.in1k", "imagenet", marks=pytest.mark.slow),
+    pytest.param("xlarge", "maxvit_xlarge_tf_224.in21k", "imagenet21k", marks=pytest.mark.slow),
+]
+
+VARIANT_SCRIPT = """
+import json, sys
+import numpy as np, keras
+import keras_maxvit
+constructor = getattr(keras_maxvit, sys.argv[3])
+preset = keras_maxvit.presets.PRESETS[sys.argv[4]]
+model = constructor(
+    weights=sys.argv[2], include_preprocessing=False, classifier_activation=None,
+    classes=preset["classes"],
+)
+images = np.load(sys.argv[1])
+print(json.dumps(keras.ops.convert_to_numpy(model(images)).tolist()))
+"""
+
+
+@pytest.mark.parametrize("variant,tag,alias", HUB_VARIANTS)
+def test_named_checkpoint_from_the_hub_cache_matches_timm(variant, tag, alias, tmp_path):
+    import timm
+
+    reference = timm.create_model(tag.split(".")[0], num_classes=PRESETS[tag]["classes"])
+    perturb_timm_model(reference)
+    _fake_hub_cache(tmp_path / "hub", tag, reference)
+    images = np.random.default_rng(1).normal(size=(1, 224, 224, 3)).astype("float32")
+    np.save(tmp_path / "images.npy", images)
+    expected = timm_forward(reference, images)
+    del reference
+    constructor = "MaxViTXLarge" if variant == "xlarge" else f"MaxViT{variant.title()}"
+    env = dict(
+        os.environ,
+        HF_HUB_CACHE=str(tmp_path / "hub"),
+        HF_HUB_OFFLINE="1",
+        KERAS_HOME=str(tmp_path / "keras_home"),
+    )
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            VARIANT_SCRIPT,
+            str(tmp_path / "images.npy"),
+            alias,
+            constructor,
+            tag,
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    logits = np.array(json.loads(result.stdout.strip().splitlines()[-1]))
+    assert_close_to_reference(logits, expected)
+
+
 def test_missing_checkpoint_offline_names_the_repo(tmp_path):
     np.save(tmp_path / "images.npy", np.zeros((1, 224, 224, 3), "float32"))
     (tmp_path / "empty").mkdir()

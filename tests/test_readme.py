@@ -1,15 +1,53 @@
 """The README's Python examples run as written."""
 
+import os
 import pathlib
 import re
+import subprocess
+import sys
+
+import numpy as np
+from test_pretrained import _fake_hub_cache
 
 README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
 
 
-def test_readme_python_examples_run(capsys):
+def _python_blocks():
     blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.DOTALL)
-    assert blocks, "README.md has no python example"
-    for block in blocks:
-        exec(compile(block, str(README), "exec"), {})
+    assert len(blocks) == 2, "README.md should have the usage and the pretrained examples"
+    return blocks
+
+
+def test_readme_usage_example_runs(capsys):
+    exec(compile(_python_blocks()[0], str(README), "exec"), {})
     printed = capsys.readouterr().out
     assert "(1, 1000)" in printed and "(None, 512)" in printed
+
+
+def test_readme_pretrained_example_runs_from_a_local_hub_cache(tmp_path):
+    """The checkpoints it names come from a Hub cache of random timm models."""
+    import timm
+
+    from keras_maxvit.imagenet import imagenet_classes
+
+    hub = tmp_path / "hub"
+    for tag in ("maxvit_tiny_tf_224.in1k", "maxvit_small_tf_384.in1k"):
+        _fake_hub_cache(hub, tag, timm.create_model(tag.split(".")[0]))
+    env = dict(
+        os.environ,
+        HF_HUB_CACHE=str(hub),
+        HF_HUB_OFFLINE="1",
+        KERAS_HOME=str(tmp_path / "keras_home"),
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", _python_blocks()[1]],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    names = {name for _, name in imagenet_classes()}
+    decoded = re.findall(r"\('(n\d{8})', '([^']+)', ([0-9.e-]+)\)", result.stdout)
+    assert len(decoded) == 3 and all(name in names for _, name, _ in decoded)
+    assert np.all(np.diff([float(score) for *_, score in decoded]) <= 0)
