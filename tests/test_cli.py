@@ -188,3 +188,45 @@ def test_console_script_help():
         )
         assert result.returncode == 0, result.stderr
         assert "usage: keras-maxvit" in result.stdout
+
+
+def test_readme_commands_with_checkpoint_names(tmp_path):
+    """`predict --weights imagenet` and `convert <tag>` through a local Hub cache."""
+    import timm
+    from test_pretrained import _fake_hub_cache
+
+    reference = timm.create_model("maxvit_tiny_tf_224")
+    perturb_timm_model(reference)
+    _fake_hub_cache(tmp_path / "hub", "maxvit_tiny_tf_224.in1k", reference)
+    env = dict(
+        os.environ,
+        HF_HUB_CACHE=str(tmp_path / "hub"),
+        HF_HUB_OFFLINE="1",
+        KERAS_HOME=str(tmp_path / "keras_home"),
+    )
+    script = str(Path(sys.executable).parent / "keras-maxvit")
+    image = _image(tmp_path / "cat.png", 320, 240, seed=3)
+
+    def run(*args):
+        result = subprocess.run(
+            [script, *args], env=env, capture_output=True, text=True, timeout=900
+        )
+        assert result.returncode == 0, result.stderr[-3000:]
+        return result.stdout
+
+    out = run("predict", image, "--model", "tiny", "--weights", "imagenet", "--top", "2")
+    lines = out.strip().splitlines()
+    assert lines[0] == image and len(lines) == 3
+    import torch
+
+    with torch.no_grad():
+        x = torch.from_numpy(_timm_eval_input(image, "maxvit_tiny_tf_224.in1k")[None])
+        probs = torch.softmax(reference(x.permute(0, 3, 1, 2)), -1).numpy()[0]
+    wnid, name = imagenet_classes()[int(np.argmax(probs))]
+    assert f"1. {name} ({wnid})" in lines[1]
+
+    out_path = tmp_path / "tiny.keras"
+    assert "Saved" in run("convert", "maxvit_tiny_tf_224.in1k", "--out", str(out_path))
+    model = keras.saving.load_model(out_path, safe_mode=True)
+    raw = load_eval_image(image, 224, 0.95)[None]
+    assert_close_to_reference(keras.ops.convert_to_numpy(model(raw))[0], probs)
