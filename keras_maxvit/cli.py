@@ -112,6 +112,12 @@ def cmd_convert(args) -> None:
     print(f"Saved {model.name} ({size}x{size}, {classes} classes) to {args.out}")
 
 
+def cmd_fit(args) -> None:
+    from keras_maxvit import training
+
+    training.run(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="keras-maxvit",
@@ -152,6 +158,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     convert.add_argument("--force", action="store_true", help="overwrite --out if it exists")
     convert.set_defaults(run=cmd_convert)
+
+    from keras_maxvit.training import add_arguments
+
+    fit = commands.add_parser(
+        "fit", help="fine-tune a pretrained MaxViT on a tfds dataset or an image folder"
+    )
+    add_arguments(fit)
+    fit.set_defaults(run=cmd_fit)
     return parser
 
 

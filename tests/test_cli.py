@@ -178,7 +178,7 @@ def test_bad_arguments_give_one_line_and_nonzero_exit(argv, message, tmp_path, c
 
 def test_console_script_help():
     script = Path(sys.executable).parent / "keras-maxvit"
-    for command in ([], ["list"], ["predict"], ["convert"]):
+    for command in ([], ["list"], ["predict"], ["convert"], ["fit"]):
         result = subprocess.run(
             [str(script), *command, "--help"],
             capture_output=True,

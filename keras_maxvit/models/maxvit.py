@@ -291,7 +291,10 @@ def MaxViT(
         x = layers.LayerNormalization(epsilon=1e-5, name="head_norm")(x)
         if head_hidden_size:
             x = layers.Dense(head_hidden_size, activation="tanh", name="head_pre_logits")(x)
-        x = layers.Dense(classes, activation=classifier_activation, name="predictions")(x)
+        # float32 classifier (and softmax) under mixed precision, as Keras advises.
+        x = layers.Dense(
+            classes, activation=classifier_activation, dtype="float32", name="predictions"
+        )(x)
     elif pooling == "avg":
         x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
     elif pooling == "max":

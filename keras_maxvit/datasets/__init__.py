@@ -1,0 +1,1 @@
+"""Datasets that ship with keras_maxvit (importing registers them with tfds)."""

@@ -1,0 +1,207 @@
+"""Training workflows: the generated dataset, two-phase fit with resume,
+mixed precision, XLA and data-parallel fit."""
+
+import json
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+from conftest import SMALL_CONFIG, to_numpy
+
+import keras_maxvit
+from keras_maxvit import training
+from keras_maxvit.datasets import shapes
+
+
+def small_model(**kwargs):
+    kwargs.setdefault("input_shape", (64, 64, 3))
+    kwargs.setdefault("classes", 5)
+    return keras_maxvit.MaxViT(**SMALL_CONFIG, **kwargs)
+
+
+def batch(n=8, seed=0):
+    rng = np.random.default_rng(seed)
+    labels = np.arange(n) % len(shapes.CLASSES)
+    images = np.stack([shapes.draw(int(label), rng) for label in labels]).astype("float32")
+    return images, labels
+
+
+def test_shapes_dataset_is_deterministic_and_balanced(tmp_path):
+    import tensorflow_datasets as tfds
+
+    builder = tfds.builder("maxvit_shapes", data_dir=str(tmp_path))
+    builder.download_and_prepare()
+    assert builder.info.splits["train"].num_examples == 500
+    assert builder.info.splits["validation"].num_examples == 150
+    labels = [int(y) for _, y in builder.as_dataset(split="train", as_supervised=True)]
+    assert np.bincount(labels).tolist() == [100] * 5
+    rng_a, rng_b = np.random.default_rng(3), np.random.default_rng(3)
+    np.testing.assert_array_equal(shapes.draw(2, rng_a), shapes.draw(2, rng_b))
+
+
+def test_phase_one_trains_only_the_head_and_decay_skips_norms():
+    model = small_model()
+    training.set_backbone_trainable(model, False)
+    trainable = {v.path.split("/")[0] for v in model.trainable_weights}
+    assert trainable == set(training.HEAD_LAYERS)
+    frozen_bn = model.get_layer("stage0_block0_mbconv").norm1
+    assert not frozen_bn.trainable  # frozen BatchNorm runs in inference mode
+    training.set_backbone_trainable(model, True)
+    args = training_args(["--data-dir", "unused"])
+    training.compile_phase(model, 2, args, steps_per_epoch=10)
+    optimizer = model.optimizer
+    decayed = {v.path for v in model.trainable_weights if optimizer._use_weight_decay(v)}
+    assert "stage0_block0_block_attn/attn/qkv/kernel" in decayed
+    for path in decayed:
+        assert not path.endswith(("bias", "gamma", "beta", "relative_position_bias_table"))
+
+
+def training_args(argv):
+    parser = __import__("argparse").ArgumentParser()
+    training.add_arguments(parser)
+    return parser.parse_args(argv)
+
+
+def _image_folder(root, per_class=5):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for label, name in enumerate(shapes.CLASSES[:3]):
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            Image.fromarray(shapes.draw(label, rng)).save(root / name / f"{i}.png")
+
+
+def test_fit_two_phases_writes_artifacts_and_resumes(tmp_path, capsys, monkeypatch):
+    _image_folder(tmp_path / "images")
+    out = tmp_path / "run"
+    argv = [
+        "--data-dir",
+        str(tmp_path / "images"),
+        "--weights",
+        "none",
+        "--image-size",
+        "32",
+        "--batch-size",
+        "4",
+        "--head-epochs",
+        "1",
+        "--epochs",
+        "1",
+        "--output-dir",
+        str(out),
+    ]
+    monkeypatch.setenv("KERAS_MAXVIT_QUIET", "1")
+    result = training.main(argv)
+    for name in ("best.keras", "last.keras", "log.csv", "curves.png", "state.json"):
+        assert (out / name).is_file(), name
+    rows = np.atleast_1d(np.genfromtxt(out / "log.csv", delimiter=",", names=True))
+    assert rows["epoch"].tolist() == [0, 1]
+    assert result["classes"] == list(shapes.CLASSES[:3])
+    assert 0.0 <= result["val_accuracy"] <= 1.0
+    assert json.loads((out / "state.json").read_text())["next_epoch"] == 2
+
+    # A rerun with more epochs resumes after the last one.
+    training.main(argv[:-4] + ["--epochs", "2", "--output-dir", str(out)])
+    assert "Resuming" in capsys.readouterr().out
+    rows = np.atleast_1d(np.genfromtxt(out / "log.csv", delimiter=",", names=True))
+    assert rows["epoch"].tolist() == [0, 1, 2]
+
+
+@pytest.mark.parametrize("policy", ["mixed_bfloat16", "mixed_float16"])
+def test_mixed_precision_fit_stays_finite(policy):
+    keras.mixed_precision.set_global_policy(policy)
+    try:
+        keras.utils.set_random_seed(0)
+        model = small_model(drop_path_rate=0.1)
+        assert model.get_layer("predictions").compute_dtype == "float32"
+        model.compile(keras.optimizers.AdamW(1e-3), "sparse_categorical_crossentropy")
+        if policy == "mixed_float16":
+            assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
+        images, labels = batch(8)
+        history = model.fit(images, labels, batch_size=4, epochs=3, verbose=0)
+        assert np.all(np.isfinite(history.history["loss"]))
+        for weight in model.weights:
+            if "float" in weight.dtype:
+                assert np.all(np.isfinite(to_numpy(weight))), weight.path
+        assert history.history["loss"][-1] < history.history["loss"][0]
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+
+
+@pytest.mark.skipif(keras.backend.backend() == "torch", reason="jit_compile is XLA: TF and JAX")
+def test_jit_compiled_train_step():
+    model = small_model()
+    model.compile(keras.optimizers.SGD(0.01), "sparse_categorical_crossentropy", jit_compile=True)
+    assert model.jit_compile
+    images, labels = batch(4)
+    first = model.train_on_batch(images, labels)
+    second = model.train_on_batch(images, labels)
+    assert np.isfinite(first) and np.isfinite(second) and second < first
+
+
+PARALLEL_SCRIPT = """
+import json, os, sys
+import timm, torch  # before TensorFlow, as conftest does
+import numpy as np
+backend = os.environ["KERAS_BACKEND"]
+if backend == "tensorflow":
+    import tensorflow as tf
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+import keras
+sys.path.insert(0, sys.argv[1])
+from test_training import batch, small_model
+
+def run(distributed, weights=None):
+    keras.utils.set_random_seed(0)
+    if distributed and backend == "tensorflow":
+        strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+        scope = strategy.scope()
+    else:
+        import contextlib
+        scope = contextlib.nullcontext()
+        if distributed:
+            keras.distribution.set_distribution(keras.distribution.DataParallel())
+    with scope:
+        model = small_model()
+        if weights is not None:
+            model.set_weights(weights)
+        if backend == "tensorflow":
+            # MirroredStrategy normalizes each replica's half batch on its own;
+            # with BatchNorm in inference mode both runs compute the same thing.
+            for layer in model._flatten_layers():
+                if isinstance(layer, keras.layers.BatchNormalization):
+                    layer.trainable = False
+        model.compile(keras.optimizers.SGD(0.05), "sparse_categorical_crossentropy")
+    initial = model.get_weights()
+    images, labels = batch(8)
+    history = model.fit(images, labels, batch_size=8, epochs=3, shuffle=False, verbose=0)
+    devices = len(keras.distribution.list_devices()) if backend == "jax" else 2
+    return history.history["loss"], devices, initial
+
+single, _, initial = run(False)
+parallel, devices, _ = run(True, initial)
+print(json.dumps({"single": single, "parallel": parallel, "devices": devices}))
+"""
+
+
+@pytest.mark.skipif(keras.backend.backend() == "torch", reason="JAX and TensorFlow only")
+def test_data_parallel_fit_matches_single_device(tmp_path):
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4")
+    tests_dir = os.path.dirname(__file__)
+    result = subprocess.run(
+        [sys.executable, "-c", PARALLEL_SCRIPT, tests_dir],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        cwd=tests_dir,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    assert out["devices"] == (4 if keras.backend.backend() == "jax" else 2)
+    np.testing.assert_allclose(out["parallel"], out["single"], rtol=1e-4)
