@@ -3,10 +3,10 @@
     python examples/quickstart.py                       # random weights
     python examples/quickstart.py --weights model.safetensors --image cat.jpg
 
-With `--weights` pointing at a timm `maxvit_tiny_tf_224` checkpoint
-(`model.safetensors` from the Hugging Face Hub) the top-5 classes are
-ImageNet class indices; with random weights they are meaningless, but the
-run shows the whole pipeline working. Without `--image` it classifies a
+With `--weights imagenet` (downloaded from the Hugging Face Hub) or a local
+timm `maxvit_tiny_tf_224` checkpoint the top-5 ImageNet classes are real
+predictions; with random weights (the default, no download) they are
+meaningless, but the run shows the whole pipeline working. Without `--image` it classifies a
 generated test image. Set `KERAS_BACKEND` to tensorflow, jax or torch.
 """
 
@@ -33,7 +33,11 @@ def load_image(path: str | None, size: int) -> np.ndarray:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--weights", default=None, help="timm .safetensors or .weights.h5")
+    parser.add_argument(
+        "--weights",
+        default=None,
+        help="'imagenet', a timm .safetensors file, ... (default: random)",
+    )
     parser.add_argument("--image", default=None, help="an image file (default: generated)")
     parser.add_argument("--size", type=int, default=224, help="input side, a multiple of 32")
     parser.add_argument("--no-summary", action="store_true", help="skip model.summary()")
@@ -53,9 +57,9 @@ def main(argv=None) -> None:
     start = time.perf_counter()
     probs = keras.ops.convert_to_numpy(model(image[None], training=False))[0]
     print(f"Inference: {time.perf_counter() - start:.2f} s")
-    print("Top-5 classes (index: probability):")
-    for index in np.argsort(probs)[::-1][:5]:
-        print(f"  {index:4d}: {probs[index]:.4f}")
+    print("Top-5 ImageNet classes:")
+    for wnid, name, score in keras_maxvit.decode_predictions(probs[None], top=5)[0]:
+        print(f"  {name} ({wnid}): {score:.4f}")
 
 
 if __name__ == "__main__":
