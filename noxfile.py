@@ -12,36 +12,31 @@ nox.options.sessions = ["tests"]
 BACKENDS = ["tensorflow", "jax", "torch"]
 
 
-@nox.session(venv_backend="none")
-@nox.parametrize("backend", BACKENDS)
-def tests(session: nox.Session, backend: str) -> None:
-    """Runs the test suite under one Keras backend (all three by default)."""
+def _pytest(session: nox.Session, backend: str, *args: str) -> None:
     session.run(
         sys.executable,
         "-m",
         "pytest",
         "-p",
         "no:cacheprovider",
+        *args,
         *session.posargs,
         env={"KERAS_BACKEND": backend},
     )
+
+
+@nox.session(venv_backend="none")
+@nox.parametrize("backend", BACKENDS)
+def tests(session: nox.Session, backend: str) -> None:
+    """Runs the test suite under one Keras backend (all three by default)."""
+    _pytest(session, backend)
 
 
 @nox.session(venv_backend="none")
 @nox.parametrize("backend", BACKENDS)
 def slow(session: nox.Session, backend: str) -> None:
     """Parity of the Base, Large and XLarge checkpoints (minutes, ~10 GiB of memory)."""
-    session.run(
-        sys.executable,
-        "-m",
-        "pytest",
-        "-p",
-        "no:cacheprovider",
-        "-m",
-        "slow",
-        *session.posargs,
-        env={"KERAS_BACKEND": backend},
-    )
+    _pytest(session, backend, "-m", "slow")
 
 
 @nox.session(venv_backend="none")
