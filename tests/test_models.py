@@ -276,3 +276,27 @@ def test_keras_model_file_as_weights_at_another_resolution(tmp_path):
     from_checkpoint = small_model(weights=checkpoint, input_shape=(128, 128, 3))
     for a, b in zip(larger.weights, from_checkpoint.weights, strict=True):
         np.testing.assert_array_equal(to_numpy(a), to_numpy(b))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("resolution", [256, 384, 448])
+def test_tiny_224_checkpoint_at_other_resolutions_matches_timm(resolution, tmp_path):
+    import timm
+    from conftest import perturb_timm_model
+    from timm.models.maxxvit import checkpoint_filter_fn
+
+    trained = timm.create_model("maxvit_tiny_tf_224")
+    perturb_timm_model(trained)
+    path = save_timm_checkpoint(trained, tmp_path / "tiny.safetensors")
+    reference = timm.create_model("maxvit_tiny_tf_224", img_size=resolution)
+    reference.load_state_dict(checkpoint_filter_fn(trained.state_dict(), reference))
+    reference.eval()
+    model = keras_maxvit.MaxViTTiny(
+        weights=path,
+        input_shape=(resolution, resolution, 3),
+        include_preprocessing=False,
+        classifier_activation=None,
+    )
+    images = np.random.default_rng(0).normal(size=(1, resolution, resolution, 3))
+    images = images.astype("float32")
+    assert_close_to_reference(to_numpy(model(images)), timm_forward(reference, images))
