@@ -38,8 +38,10 @@ def _file_classes(path: str) -> int | None:
     """Classes of the classifier stored in a local weights file, if it says."""
     from keras_maxvit import weights as weights_lib
 
+    keras_layout = False
     if path.endswith(".safetensors"):
-        state, _ = weights_lib.read_safetensors(path)
+        state, metadata = weights_lib.read_safetensors(path)
+        keras_layout = metadata.get("format") == "keras_maxvit"
     elif path.endswith((".bin", ".pth")):
         state = weights_lib.read_torch_checkpoint(path)
     else:
@@ -48,8 +50,7 @@ def _file_classes(path: str) -> int | None:
     if fc is None:
         return None
     # timm layout (classes, hidden); keras_maxvit's cache layout (hidden, classes).
-    _, metadata = weights_lib.read_safetensors(path) if path.endswith(".safetensors") else (0, {})
-    return int(fc.shape[-1] if metadata.get("format") == "keras_maxvit" else fc.shape[0])
+    return int(fc.shape[-1] if keras_layout else fc.shape[0])
 
 
 def cmd_list(args) -> None:

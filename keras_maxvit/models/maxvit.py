@@ -13,7 +13,13 @@ from keras import layers
 
 from keras_maxvit import weights as weights_lib
 from keras_maxvit.layers import MBConv, PartitionAttentionBlock, gelu_tanh
-from keras_maxvit.presets import PRESETS
+from keras_maxvit.presets import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    INCEPTION_MEAN,
+    INCEPTION_STD,
+    PRESETS,
+)
 
 # One entry per variant: stem width, channels and depth of the 4 stages, and the
 # width of the pre-logits layer of the classification head.
@@ -52,10 +58,6 @@ MODEL_CONFIGS = {
 
 # The total stride of the network: window = grid = input side / 32.
 NETWORK_STRIDE = 32
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-INCEPTION_MEAN = (0.5, 0.5, 0.5)
-INCEPTION_STD = (0.5, 0.5, 0.5)
 POOLING_OPTIONS = (None, "avg", "max")
 
 
