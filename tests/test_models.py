@@ -142,6 +142,19 @@ def test_softmax_head_and_feature_outputs(tmp_path):
         assert_close_to_reference(to_numpy(backbone(images)), expected_out)
 
 
+def assert_tiny_matches(checkpoint, resolution, reference):
+    """MaxViT-T loaded from `checkpoint` at `resolution` gives timm `reference`'s logits."""
+    model = keras_maxvit.MaxViTTiny(
+        weights=checkpoint,
+        input_shape=(resolution, resolution, 3),
+        include_preprocessing=False,
+        classifier_activation=None,
+    )
+    images = np.random.default_rng(0).normal(size=(1, resolution, resolution, 3))
+    images = images.astype("float32")
+    assert_close_to_reference(to_numpy(model(images)), timm_forward(reference, images))
+
+
 @pytest.mark.parametrize("resolution", [224, 384])
 def test_tiny_logits_equal_timm(resolution, tmp_path):
     import timm
@@ -150,15 +163,7 @@ def test_tiny_logits_equal_timm(resolution, tmp_path):
     reference = timm.create_model(f"maxvit_tiny_tf_{resolution}")
     perturb_timm_model(reference)
     path = save_timm_checkpoint(reference, tmp_path / "tiny.safetensors")
-    model = keras_maxvit.MaxViTTiny(
-        weights=path,
-        input_shape=(resolution, resolution, 3),
-        include_preprocessing=False,
-        classifier_activation=None,
-    )
-    images = np.random.default_rng(0).normal(size=(1, resolution, resolution, 3))
-    images = images.astype("float32")
-    assert_close_to_reference(to_numpy(model(images)), timm_forward(reference, images))
+    assert_tiny_matches(path, resolution, reference)
     keras.backend.clear_session()
 
 
@@ -291,12 +296,4 @@ def test_tiny_224_checkpoint_at_other_resolutions_matches_timm(resolution, tmp_p
     reference = timm.create_model("maxvit_tiny_tf_224", img_size=resolution)
     reference.load_state_dict(checkpoint_filter_fn(trained.state_dict(), reference))
     reference.eval()
-    model = keras_maxvit.MaxViTTiny(
-        weights=path,
-        input_shape=(resolution, resolution, 3),
-        include_preprocessing=False,
-        classifier_activation=None,
-    )
-    images = np.random.default_rng(0).normal(size=(1, resolution, resolution, 3))
-    images = images.astype("float32")
-    assert_close_to_reference(to_numpy(model(images)), timm_forward(reference, images))
+    assert_tiny_matches(path, resolution, reference)
