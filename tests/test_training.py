@@ -205,3 +205,54 @@ def test_data_parallel_fit_matches_single_device(tmp_path):
     out = json.loads(result.stdout.strip().splitlines()[-1])
     assert out["devices"] == (4 if keras.backend.backend() == "jax" else 2)
     np.testing.assert_allclose(out["parallel"], out["single"], rtol=1e-4)
+
+
+@pytest.mark.parametrize("jit_compile", [False, True])
+def test_remat_gives_the_same_updates(jit_compile, monkeypatch):
+    """One SGD(1.0) step with and without remat: the same gradients (the weight
+    change), the same BatchNorm statistics and the same drop-path masks."""
+    if jit_compile and keras.backend.backend() == "torch":
+        pytest.skip("jit_compile is XLA: TF and JAX")
+    rematerialized = []
+
+    def counting_remat(function):
+        rematerialized.append(function)
+        return original_remat(function)
+
+    original_remat = keras.remat
+    monkeypatch.setattr(keras, "remat", counting_remat)
+    keras.utils.set_random_seed(0)
+    plain = small_model(drop_path_rate=0.3)
+    remat = small_model(drop_path_rate=0.3, remat=True)
+    for source, target in zip(plain.variables, remat.variables, strict=True):
+        target.assign(to_numpy(source))  # seed states too (not in `weights`): the same masks
+    blocks = [layer for layer in remat.layers if hasattr(layer, "remat")]
+    assert len(blocks) == 15 and all(layer.remat for layer in blocks)
+    images, labels = batch(8)
+    before = [to_numpy(v) for v in plain.variables]
+    updated = []
+    for model in (plain, remat):
+        model.compile(
+            keras.optimizers.SGD(1.0), "sparse_categorical_crossentropy", jit_compile=jit_compile
+        )
+        model.train_on_batch(images, labels)
+        updated.append([to_numpy(v) for v in model.variables])
+        # Every block of `remat` went through keras.remat (once per trace).
+        assert len(rematerialized) >= len(blocks) if model is remat else not rematerialized
+    changed = 0
+    for weight, old, expected, got in zip(plain.variables, before, *updated, strict=True):
+        # 1e-6 absolute: a conv bias before a BatchNorm has a zero gradient up to rounding.
+        tolerance = max(1e-4 * np.abs(expected - old).max(), 1e-6)
+        np.testing.assert_allclose(got - old, expected - old, atol=tolerance, err_msg=weight.path)
+        changed += bool(np.abs(expected - old).max() > 0)
+    assert changed > 0.9 * len(before)  # every parameter, BN statistic and seed moved
+
+
+def test_remat_layers_round_trip(tmp_path):
+    model = small_model(remat=True)
+    path = tmp_path / "remat.keras"
+    model.save(path)
+    loaded = keras.saving.load_model(path, safe_mode=True)
+    assert all(layer.remat for layer in loaded.layers if hasattr(layer, "remat"))
+    images, _ = batch(2)
+    np.testing.assert_allclose(to_numpy(loaded(images)), to_numpy(model(images)), atol=1e-6)

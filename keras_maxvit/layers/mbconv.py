@@ -4,6 +4,7 @@ import keras
 from keras import ops
 
 from keras_maxvit.layers.activations import gelu_tanh
+from keras_maxvit.layers.remat import check_remat, remat_call
 from keras_maxvit.layers.stochastic_depth import StochasticDepth, check_rate
 
 
@@ -27,6 +28,9 @@ class MBConv(keras.layers.Layer):
         drop_path_rate: Stochastic depth rate of the residual branch.
         epsilon: BatchNormalization epsilon.
         seed: Optional seed of the stochastic depth.
+        remat: If True, the block's activations are recomputed in the
+            backward pass of training instead of being kept (less memory,
+            about one more forward pass of compute).
     """
 
     def __init__(
@@ -38,6 +42,7 @@ class MBConv(keras.layers.Layer):
         drop_path_rate: float = 0.0,
         epsilon: float = 1e-3,
         seed: int | None = None,
+        remat: bool = False,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -57,6 +62,7 @@ class MBConv(keras.layers.Layer):
         self.drop_path_rate = check_rate("drop_path_rate", drop_path_rate)
         self.epsilon = epsilon
         self.seed = seed
+        self.remat = check_remat(remat)
 
     def _bn(self, name):
         return keras.layers.BatchNormalization(
@@ -132,6 +138,11 @@ class MBConv(keras.layers.Layer):
         self.built = True
 
     def call(self, inputs, training=None):
+        if self.remat and training:
+            return remat_call(self, lambda x: self._forward(x, True), inputs)
+        return self._forward(inputs, training)
+
+    def _forward(self, inputs, training):
         shortcut = inputs
         if self.shortcut_pool is not None:
             shortcut = self.shortcut_pool(shortcut)
@@ -169,6 +180,7 @@ class MBConv(keras.layers.Layer):
                 "drop_path_rate": self.drop_path_rate,
                 "epsilon": self.epsilon,
                 "seed": self.seed,
+                "remat": self.remat,
             }
         )
         return config

@@ -7,6 +7,7 @@ from keras_maxvit.layers.attention import (
     RelativePositionAttention,
     check_partition_args,
 )
+from keras_maxvit.layers.remat import check_remat, remat_call
 from keras_maxvit.layers.stochastic_depth import StochasticDepth, check_rate
 
 
@@ -26,6 +27,8 @@ class PartitionAttentionBlock(keras.layers.Layer):
         drop_path_rate: Stochastic depth rate of both residual branches.
         epsilon: LayerNormalization epsilon.
         seed: Optional seed of the stochastic depth.
+        remat: If True, the block's activations are recomputed in the
+            backward pass of training instead of being kept.
     """
 
     def __init__(
@@ -37,6 +40,7 @@ class PartitionAttentionBlock(keras.layers.Layer):
         drop_path_rate: float = 0.0,
         epsilon: float = 1e-5,
         seed: int | None = None,
+        remat: bool = False,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -52,6 +56,7 @@ class PartitionAttentionBlock(keras.layers.Layer):
         self.drop_path_rate = drop_path_rate
         self.epsilon = epsilon
         self.seed = seed
+        self.remat = check_remat(remat)
         check_partition_args(partition_type, partition_size, head_size)
         check_rate("drop_path_rate", drop_path_rate)
 
@@ -92,6 +97,11 @@ class PartitionAttentionBlock(keras.layers.Layer):
         self.built = True
 
     def call(self, inputs, training=None):
+        if self.remat and training:
+            return remat_call(self, lambda x: self._forward(x, True), inputs)
+        return self._forward(inputs, training)
+
+    def _forward(self, inputs, training):
         x = inputs + self.drop_path1(
             self.attn(self.norm1(inputs), training=training), training=training
         )
@@ -112,6 +122,7 @@ class PartitionAttentionBlock(keras.layers.Layer):
                 "drop_path_rate": self.drop_path_rate,
                 "epsilon": self.epsilon,
                 "seed": self.seed,
+                "remat": self.remat,
             }
         )
         return config

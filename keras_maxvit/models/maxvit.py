@@ -13,6 +13,7 @@ from keras import layers
 
 from keras_maxvit import weights as weights_lib
 from keras_maxvit.layers import MBConv, PartitionAttentionBlock, gelu_tanh
+from keras_maxvit.layers.remat import check_remat
 from keras_maxvit.presets import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -185,6 +186,7 @@ def MaxViT(
     classes: int = 1000,
     classifier_activation="softmax",
     drop_path_rate: float = 0.0,
+    remat: bool = False,
     name: str = "maxvit",
 ) -> keras.Model:
     """Builds a MaxViT model of any width and depth.
@@ -225,6 +227,7 @@ def MaxViT(
         raise ValueError(
             f"`drop_path_rate` must be in [0, 1). Received: drop_path_rate={drop_path_rate!r}"
         )
+    check_remat(remat)
     input_shape = _resolve_input_shape(input_shape, input_tensor)
     _validate_input_shape(input_shape, include_preprocessing)
     height, width = input_shape[0], input_shape[1]
@@ -277,6 +280,7 @@ def MaxViT(
                 filters,
                 strides=2 if block == 0 else 1,
                 drop_path_rate=rate,
+                remat=remat,
                 name=f"{prefix}_mbconv",
             )(x)
             for partition_type in ("block", "grid"):
@@ -285,6 +289,7 @@ def MaxViT(
                     partition_size=partition_size,
                     head_size=head_size,
                     drop_path_rate=rate,
+                    remat=remat,
                     name=f"{prefix}_{partition_type}_attn",
                 )(x)
 
@@ -360,6 +365,11 @@ BASE_DOCSTRING = """Instantiates the {display} architecture.
             `"softmax"`, or None for logits.
         drop_path_rate: Stochastic depth rate of the last block (the rate
             grows linearly from 0 over the blocks).
+        remat: If True, every block recomputes its activations in the
+            backward pass instead of keeping them (rematerialization):
+            training needs much less memory (e.g. L/XL at 384/512) for about
+            one more forward pass of compute. Gradients and BatchNorm
+            updates are the same as without.
         name: Name of the model.
 
     Returns:
@@ -389,6 +399,7 @@ def _variant(key: str, display: str):
         classes: int = 1000,
         classifier_activation="softmax",
         drop_path_rate: float = 0.0,
+        remat: bool = False,
         name: str = f"maxvit_{key}",
     ) -> keras.Model:
         return MaxViT(
@@ -402,6 +413,7 @@ def _variant(key: str, display: str):
             classes=classes,
             classifier_activation=classifier_activation,
             drop_path_rate=drop_path_rate,
+            remat=remat,
             name=name,
         )
 
