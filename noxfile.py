@@ -1,4 +1,5 @@
-"""Sessions: `nox -s tests` (the suite once per Keras backend) and `nox -s lint`.
+"""Sessions: `nox -s tests` (the suite once per Keras backend), `nox -s lint`
+and `nox -s bench` (speed against timm, torchvision and kecam).
 
 The sessions run in the current environment (set it up as README.md says),
 so torch, TensorFlow and JAX are installed once, not once per session.
@@ -42,6 +43,16 @@ def slow(session: nox.Session, backend: str) -> None:
 @nox.session(venv_backend="none")
 def lint(session: nox.Session) -> None:
     """Checks style and imports with ruff."""
-    paths = ["keras_maxvit", "tests", "examples", "noxfile.py"]
+    paths = ["keras_maxvit", "tests", "examples", "benchmarks", "noxfile.py"]
     session.run(sys.executable, "-m", "ruff", "check", *paths)
     session.run(sys.executable, "-m", "ruff", "format", "--check", *paths)
+
+
+@nox.session(venv_backend="none")
+def bench(session: nox.Session) -> None:
+    """Speed and memory against the peers; arguments go to benchmarks/bench.py.
+
+    For example `nox -s bench -- --variant tiny --resolution 224 --batch-size 16`
+    (`-- --help` lists the options). Results go to benchmarks/results/.
+    """
+    session.run(sys.executable, "benchmarks/bench.py", *session.posargs)

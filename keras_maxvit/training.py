@@ -17,6 +17,22 @@ import keras
 import numpy as np
 
 NO_DECAY = ["bias", "gamma", "beta", "relative_position_bias_table"]
+VARIANTS = {
+    "tiny": "MaxViTTiny",
+    "small": "MaxViTSmall",
+    "base": "MaxViTBase",
+    "large": "MaxViTLarge",
+    "xlarge": "MaxViTXLarge",
+}
+# `--model nano`: a MaxViT with every part of the architecture at a small
+# width and depth, for CPU demos from random weights (there are no
+# pretrained nano weights).
+NANO_CONFIG = {
+    "stem_filters": 32,
+    "stage_filters": (32, 64, 128, 256),
+    "depths": (1, 1, 2, 1),
+    "head_hidden_size": 256,
+}
 HEAD_LAYERS = ("head_norm", "head_pre_logits", "predictions")
 
 
@@ -31,7 +47,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     source.add_argument("--data-dir", help="a folder with one subfolder of images per class")
     parser.add_argument("--tfds-dir", default=None, help="tensorflow-datasets data_dir")
     parser.add_argument(
-        "--model", default="tiny", choices=("tiny", "small", "base", "large", "xlarge")
+        "--model",
+        default="tiny",
+        choices=(*VARIANTS, "nano"),
+        help="a MaxViT variant, or nano: a small MaxViT for CPU demos (random weights only)",
     )
     parser.add_argument(
         "--weights",
@@ -49,6 +68,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--patience", type=int, default=5, help="early stopping patience")
     parser.add_argument(
         "--precision", default="float32", choices=("float32", "mixed_bfloat16", "mixed_float16")
+    )
+    parser.add_argument(
+        "--remat",
+        action="store_true",
+        help="recompute activations in the backward pass (less memory, slower steps)",
     )
     parser.add_argument("--jit-compile", default="auto", choices=("auto", "true", "false"))
     parser.add_argument("--distribute", action="store_true", help="all devices (JAX, TensorFlow)")
@@ -120,20 +144,23 @@ def make_pipeline(dataset, image_size: int, batch_size: int, training: bool, see
 def build_model(args, classes: int):
     import keras_maxvit
 
-    constructor = {
-        "tiny": keras_maxvit.MaxViTTiny,
-        "small": keras_maxvit.MaxViTSmall,
-        "base": keras_maxvit.MaxViTBase,
-        "large": keras_maxvit.MaxViTLarge,
-        "xlarge": keras_maxvit.MaxViTXLarge,
-    }[args.model]
     weights = None if args.weights.lower() == "none" else args.weights
-    model = constructor(
+    common = dict(
         weights=weights,
         input_shape=(args.image_size, args.image_size, 3),
         classes=classes,
         drop_path_rate=args.drop_path_rate,
+        remat=args.remat,
     )
+    if args.model == "nano":
+        if weights is not None:
+            raise ValueError(
+                "There are no pretrained weights for `--model nano`: use `--weights none`. "
+                f"Received: --weights={args.weights}"
+            )
+        model = keras_maxvit.MaxViT(**NANO_CONFIG, name="maxvit_nano", **common)
+    else:
+        model = getattr(keras_maxvit, VARIANTS[args.model])(**common)
     if weights is None:
         # From scratch, BatchNorm statistics must follow the data within a
         # few hundred steps: the default momentum 0.99 would keep them near

@@ -1,9 +1,15 @@
 """The quick start example runs and reports what it promises."""
 
 import importlib.util
+import os
 import pathlib
+import shlex
 
+import keras
 import numpy as np
+import pytest
+
+from keras_maxvit import training
 
 EXAMPLES = pathlib.Path(__file__).resolve().parents[1] / "examples"
 
@@ -30,3 +36,19 @@ def test_generated_image_is_deterministic():
     image = quickstart.load_image(None, 64)
     assert image.shape == (64, 64, 3) and image.min() >= 0 and image.max() <= 255
     np.testing.assert_array_equal(image, quickstart.load_image(None, 64))
+
+
+@pytest.mark.skipif(
+    keras.backend.backend() != "tensorflow",
+    reason="the README quick start runs the default backend, TensorFlow",
+)
+def test_readme_quick_start_fit_reaches_90_percent(tmp_path, monkeypatch):
+    """The exact `keras-maxvit fit` arguments of the README quick start."""
+    readme = (EXAMPLES.parent / "README.md").read_text()
+    command = next(line for line in readme.splitlines() if "keras-maxvit fit --model nano" in line)
+    argv = shlex.split(command.split("keras-maxvit fit", 1)[1])
+    argv[argv.index("--output-dir") + 1] = str(tmp_path / "run")
+    monkeypatch.setenv("KERAS_MAXVIT_QUIET", "1")
+    result = training.main(argv + ["--tfds-dir", str(tmp_path / "tfds")])
+    assert result["val_accuracy"] >= 0.9
+    assert os.path.isfile(result["best"]) and os.path.isfile(result["plot"])

@@ -59,6 +59,19 @@ def test_phase_one_trains_only_the_head_and_decay_skips_norms():
         assert not path.endswith(("bias", "gamma", "beta", "relative_position_bias_table"))
 
 
+def test_nano_has_no_pretrained_weights():
+    args = training_args(["--model", "nano", "--weights", "imagenet"])
+    with pytest.raises(ValueError, match="--weights=imagenet"):
+        training.build_model(args, 5)
+
+
+def test_remat_option_reaches_every_block():
+    args = training_args(["--model", "nano", "--weights", "none", "--image-size", "64", "--remat"])
+    model = training.build_model(args, 5)
+    blocks = [layer for layer in model.layers if hasattr(layer, "remat")]
+    assert len(blocks) == 15 and all(layer.remat for layer in blocks)
+
+
 def training_args(argv):
     parser = __import__("argparse").ArgumentParser()
     training.add_arguments(parser)
@@ -81,6 +94,8 @@ def test_fit_two_phases_writes_artifacts_and_resumes(tmp_path, capsys, monkeypat
     argv = [
         "--data-dir",
         str(tmp_path / "images"),
+        "--model",
+        "nano",
         "--weights",
         "none",
         "--image-size",

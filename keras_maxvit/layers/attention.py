@@ -4,13 +4,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_maxvit.layers.partition import (
-    block_partition,
-    block_reverse,
-    grid_partition,
-    grid_reverse,
-    to_pair,
-)
+from keras_maxvit.layers.partition import to_pair
 from keras_maxvit.layers.stochastic_depth import check_rate
 
 PARTITION_TYPES = ("block", "grid")
@@ -161,32 +155,40 @@ class RelativePositionAttention(keras.layers.Layer):
 
     def call(self, inputs, training=None):
         _, height, width, channels = inputs.shape
-        size = self._size
-        if self.partition_type == "block":
-            tokens = block_partition(inputs, size)
-        else:
-            tokens = grid_partition(inputs, size)
-        num_tokens = size[0] * size[1]
-
-        qkv = self.qkv(tokens)  # (N, T, 3 * C) laid out as (3, heads, head)
-        qkv = ops.reshape(qkv, (-1, num_tokens, 3, self.num_heads, self.head_size))
-        qkv = ops.transpose(qkv, (2, 0, 3, 1, 4))  # (3, N, heads, T, head)
+        rows, cols = self._size
+        group_rows, group_cols = height // rows, width // cols
+        heads, head_size = self.num_heads, self.head_size
+        num_tokens = rows * cols
+        # The projections are per pixel, so they run on the map and the
+        # partition is folded into the one transpose that splits q, k, v and
+        # heads (and its inverse into the one that merges them): two
+        # transposes per layer instead of four.
+        qkv = self.qkv(inputs)  # (B, H, W, 3 * C) laid out as (3, heads, head)
+        if self.partition_type == "block":  # pixel (r * rows + i, c * cols + j)
+            qkv = ops.reshape(qkv, (-1, group_rows, rows, group_cols, cols, 3, heads, head_size))
+            qkv = ops.transpose(qkv, (5, 0, 1, 3, 6, 2, 4, 7))
+        else:  # pixel (i * group_rows + r, j * group_cols + c)
+            qkv = ops.reshape(qkv, (-1, rows, group_rows, cols, group_cols, 3, heads, head_size))
+            qkv = ops.transpose(qkv, (5, 0, 2, 4, 6, 1, 3, 7))
+        # (3, B, group_rows, group_cols, heads, rows, cols, head) -> (3, N, heads, T, head)
+        qkv = ops.reshape(qkv, (3, -1, heads, num_tokens, head_size))
         query, key, value = qkv[0], qkv[1], qkv[2]
 
-        query = query * ops.cast(self.head_size**-0.5, query.dtype)
+        query = query * ops.cast(head_size**-0.5, query.dtype)
         logits = ops.matmul(query, ops.transpose(key, (0, 1, 3, 2)))
         bias = ops.cast(self.relative_position_bias(), "float32")
         # Softmax in float32 so mixed precision keeps its accuracy.
         weights = ops.softmax(ops.cast(logits, "float32") + bias[None], axis=-1)
         weights = self.dropout(ops.cast(weights, value.dtype), training=training)
         out = ops.matmul(weights, value)  # (N, heads, T, head)
-        out = ops.transpose(out, (0, 2, 1, 3))
-        out = ops.reshape(out, (-1, num_tokens, channels))
-        out = self.proj(out)
 
+        out = ops.reshape(out, (-1, group_rows, group_cols, heads, rows, cols, head_size))
         if self.partition_type == "block":
-            return block_reverse(out, size, height, width)
-        return grid_reverse(out, size, height, width)
+            out = ops.transpose(out, (0, 1, 4, 2, 5, 3, 6))
+        else:
+            out = ops.transpose(out, (0, 4, 1, 5, 2, 3, 6))
+        out = ops.reshape(out, (-1, height, width, channels))
+        return self.proj(out)
 
     def compute_output_shape(self, input_shape):
         return input_shape
