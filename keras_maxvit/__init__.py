@@ -2,6 +2,7 @@
 
 from keras_maxvit import layers
 from keras_maxvit.imagenet import decode_predictions, preprocess_input
+from keras_maxvit.models.backbone import MaxViTBackbone as MaxViTBackbone
 from keras_maxvit.models.maxvit import (
     MODEL_CONFIGS,
     MaxViT,
