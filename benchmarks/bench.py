@@ -103,7 +103,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     add = parser.add_argument
     add("--variant", default="tiny", choices=VARIANTS, help="default: %(default)s")
     add("--resolution", type=int, default=224, help="a multiple of 32 (default: %(default)s)")
-    add("--batch-size", type=int, default=None, help="default: 16 on CPU, 128 on CUDA")
+    add("--batch-size", type=int, default=None, help="default: 8 on CPU, 128 on CUDA")
     add(
         "--dtype",
         default=None,
@@ -543,7 +543,7 @@ def main(argv=None) -> int:
         known = gpu_peak_tflops(gpu["name"]) if args.dtype == "bfloat16" else None
         environment["gpu_peak_tflops"] = args.peak_tflops or known
     if args.batch_size is None:
-        args.batch_size = 128 if args.device == "cuda" else 16
+        args.batch_size = 128 if args.device == "cuda" else 8
     environment["device_name"] = (
         environment.get("gpu", {}).get("name")
         or f"{environment['cpu_model']}, {args.threads} threads"

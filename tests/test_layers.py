@@ -20,6 +20,7 @@ from keras_maxvit.layers import (
     RelativePositionAttention,
     StochasticDepth,
 )
+from keras_maxvit.layers.mbconv import depthwise_conv_same
 from keras_maxvit.timm_convert import convert_state_dict, timm_key
 
 LAYER_CASES = [
@@ -283,3 +284,14 @@ def test_stochastic_depth_under_jax_jit():
     second, state = step(state, x)
     assert set(np.unique(np.asarray(first))) <= {0.0, 2.0}
     assert not np.array_equal(np.asarray(first), np.asarray(second))
+
+
+@pytest.mark.parametrize("strides", [1, 2])
+@pytest.mark.parametrize("size", [(8, 8), (7, 10)])
+def test_shifted_depthwise_conv_equals_depthwise_conv(strides, size):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(2, *size, 6)).astype("float32")
+    kernel = rng.normal(size=(3, 3, 6, 1)).astype("float32")
+    expected = keras.ops.depthwise_conv(x, kernel, strides=strides, padding="same")
+    got = depthwise_conv_same(x, kernel, strides)
+    np.testing.assert_allclose(to_numpy(got), to_numpy(expected), rtol=1e-5, atol=1e-5)

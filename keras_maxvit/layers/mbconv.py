@@ -7,6 +7,41 @@ from keras_maxvit.layers.activations import gelu_tanh
 from keras_maxvit.layers.remat import check_remat, remat_call
 from keras_maxvit.layers.stochastic_depth import StochasticDepth, check_rate
 
+# XLA's CPU depthwise convolution is slow (5-7x the sum below for MaxViT-T's
+# stage-1 maps, forward and backward): under JAX and TensorFlow the 3x3
+# depthwise conv runs as a sum of shifted, scaled copies of the input, which
+# XLA fuses into one loop. PyTorch keeps its native kernel (faster there).
+SHIFTED_DEPTHWISE_BACKENDS = ("jax", "tensorflow")
+
+
+def depthwise_conv_same(x, kernel, strides: int):
+    """Depthwise conv with TensorFlow "same" padding as a sum of shifted inputs.
+
+    Args:
+        x: `(B, H, W, C)` map.
+        kernel: `(k, k, C, 1)` depthwise kernel.
+        strides: 1 or 2.
+
+    Returns:
+        `(B, ceil(H / strides), ceil(W / strides), C)`, equal to
+        `ops.depthwise_conv(x, kernel, strides, padding="same")`.
+    """
+    size = kernel.shape[0]
+    _, height, width, _ = x.shape
+    out_height, out_width = -(-height // strides), -(-width // strides)
+    pads = []
+    for side, out in ((height, out_height), (width, out_width)):
+        total = max((out - 1) * strides + size - side, 0)
+        pads.append((total // 2, total - total // 2))
+    x = ops.pad(x, ((0, 0), pads[0], pads[1], (0, 0)))
+    span_h, span_w = (out_height - 1) * strides + 1, (out_width - 1) * strides + 1
+    out = None
+    for i in range(size):
+        for j in range(size):
+            term = x[:, i : i + span_h : strides, j : j + span_w : strides, :] * kernel[i, j, :, 0]
+            out = term if out is None else out + term
+    return out
+
 
 @keras.saving.register_keras_serializable(package="keras_maxvit")
 class MBConv(keras.layers.Layer):
@@ -152,7 +187,10 @@ class MBConv(keras.layers.Layer):
         x = self.pre_norm(inputs, training=training)
         x = self.conv1_1x1(x)
         x = gelu_tanh(self.norm1(x, training=training))
-        x = self.conv2_kxk(x)
+        if keras.backend.backend() in SHIFTED_DEPTHWISE_BACKENDS:
+            x = depthwise_conv_same(x, ops.cast(self.conv2_kxk.kernel, x.dtype), self.strides)
+        else:
+            x = self.conv2_kxk(x)
         x = gelu_tanh(self.norm2(x, training=training))
 
         scale = ops.mean(x, axis=(1, 2), keepdims=True)
