@@ -43,6 +43,19 @@ def depthwise_conv_same(x, kernel, strides: int):
     return out
 
 
+def pointwise(conv: keras.layers.Conv2D, x):
+    """A 1x1 `Conv2D` layer's weights applied as a matmul over the channels.
+
+    The same result as `conv(x)`, without the NHWC <-> NCHW transposes the
+    PyTorch backend wraps around a convolution and faster under XLA on CPU.
+    """
+    kernel = ops.cast(conv.kernel, x.dtype)
+    x = ops.matmul(x, ops.reshape(kernel, kernel.shape[2:]))
+    if conv.use_bias:
+        x = x + ops.cast(conv.bias, x.dtype)
+    return x
+
+
 @keras.saving.register_keras_serializable(package="keras_maxvit")
 class MBConv(keras.layers.Layer):
     """Pre-norm inverted-bottleneck conv block with squeeze-excite.
@@ -182,10 +195,10 @@ class MBConv(keras.layers.Layer):
         if self.shortcut_pool is not None:
             shortcut = self.shortcut_pool(shortcut)
         if self.shortcut_expand is not None:
-            shortcut = self.shortcut_expand(shortcut)
+            shortcut = pointwise(self.shortcut_expand, shortcut)
 
         x = self.pre_norm(inputs, training=training)
-        x = self.conv1_1x1(x)
+        x = pointwise(self.conv1_1x1, x)
         x = gelu_tanh(self.norm1(x, training=training))
         if keras.backend.backend() in SHIFTED_DEPTHWISE_BACKENDS:
             x = depthwise_conv_same(x, ops.cast(self.conv2_kxk.kernel, x.dtype), self.strides)
@@ -194,10 +207,10 @@ class MBConv(keras.layers.Layer):
         x = gelu_tanh(self.norm2(x, training=training))
 
         scale = ops.mean(x, axis=(1, 2), keepdims=True)
-        scale = ops.silu(self.se_fc1(scale))
-        x = x * ops.sigmoid(self.se_fc2(scale))
+        scale = ops.silu(pointwise(self.se_fc1, scale))
+        x = x * ops.sigmoid(pointwise(self.se_fc2, scale))
 
-        x = self.conv3_1x1(x)
+        x = pointwise(self.conv3_1x1, x)
         return shortcut + self.drop_path(x, training=training)
 
     def compute_output_shape(self, input_shape):
