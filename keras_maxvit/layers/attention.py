@@ -149,9 +149,11 @@ class RelativePositionAttention(keras.layers.Layer):
     def relative_position_bias(self):
         """The `(heads, tokens, tokens)` bias added to the attention logits."""
         tokens = self._size[0] * self._size[1]
+        # Gathered along the first axis (rows of the transposed table): the
+        # form every exporter (ONNX, SavedModel, LiteRT) lowers to one gather.
         table = ops.reshape(self.relative_position_bias_table, (self.num_heads, -1))
-        bias = ops.take(table, self._bias_index, axis=1)
-        return ops.reshape(bias, (self.num_heads, tokens, tokens))
+        bias = ops.take(ops.transpose(table), self._bias_index, axis=0)
+        return ops.reshape(ops.transpose(bias), (self.num_heads, tokens, tokens))
 
     def call(self, inputs, training=None):
         _, height, width, channels = inputs.shape

@@ -258,9 +258,11 @@ def MaxViT(
             mean, std = PRESETS[checkpoint]["mean"], PRESETS[checkpoint]["std"]
         else:
             mean, std = default_normalization((height, width))
-        x = layers.Normalization(
-            mean=[255.0 * m for m in mean],
-            variance=[(255.0 * s) ** 2 for s in std],
+        # (x / 255 - mean) / std as one multiply-add (a Rescaling, not a
+        # Normalization layer: ONNX converters keep its constants constant).
+        x = layers.Rescaling(
+            scale=[1.0 / (255.0 * s) for s in std],
+            offset=[-m / s for m, s in zip(mean, std, strict=True)],
             name="preprocessing",
         )(x)
 
