@@ -39,7 +39,7 @@ def main(argv=None) -> None:
         help="'imagenet', a timm .safetensors file, ... (default: random)",
     )
     parser.add_argument("--image", default=None, help="an image file (default: generated)")
-    parser.add_argument("--size", type=int, default=224, help="input side, a multiple of 32")
+    parser.add_argument("--size", type=int, default=224, help="input side, at least 32")
     parser.add_argument("--no-summary", action="store_true", help="skip model.summary()")
     args = parser.parse_args(argv)
 

@@ -7,7 +7,7 @@ import sys
 from keras_maxvit.presets import PRESETS
 
 VARIANT_NAMES = ("tiny", "small", "base", "large", "xlarge")
-SIZE_HELP = "input side, a multiple of 32 (default: the checkpoint's, or 224 for a file)"
+SIZE_HELP = "input side, at least 32 (default: the checkpoint's, or 224 for a file)"
 
 
 def _constructor(variant: str):

@@ -57,7 +57,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="imagenet",
         help="'imagenet' (default), another checkpoint name or file, or 'none' for random init",
     )
-    parser.add_argument("--image-size", type=int, default=224, help="a multiple of 32")
+    parser.add_argument("--image-size", type=int, default=224, help="input side, at least 32")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--head-epochs", type=int, default=2, help="phase 1: head only (0 to skip)")
     parser.add_argument("--epochs", type=int, default=8, help="phase 2: all layers")

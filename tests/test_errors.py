@@ -79,43 +79,6 @@ def test_corrupt_checkpoint_names_the_file(tmp_path, small_checkpoint):
     assert path.stat().st_size == 1000  # the user's file is left as it was
 
 
-@pytest.mark.parametrize(
-    "input_shape,match",
-    [
-        ((100, 100, 3), "multiples of 32"),
-        ((224, 200, 3), "multiples of 32"),
-        ((16, 16, 3), "at least 32"),
-        ((0, 64, 3), "at least 32"),
-        ((224, 224), "3 dims"),
-        ((224,), "3 dims"),
-        ((None, None, 3), "static height and width"),
-        ((224, 224, 1), "3-channel"),
-    ],
-)
-def test_bad_input_shape(input_shape, match):
-    with pytest.raises(ValueError, match=match) as info:
-        keras_maxvit.MaxViTTiny(weights=None, input_shape=input_shape)
-    assert f"Received: input_shape={input_shape}" in str(info.value)
-
-
-@pytest.mark.parametrize("pooling", ["mean", "AVG", 1])
-def test_bad_pooling(pooling):
-    with pytest.raises(ValueError, match=f"Received: pooling={pooling!r}"):
-        small_model(weights=None, include_top=False, pooling=pooling)
-
-
-@pytest.mark.parametrize("classes", [0, -3, 2.5, True])
-def test_bad_classes(classes):
-    with pytest.raises(ValueError, match=f"Received: classes={classes!r}"):
-        small_model(classes=classes)
-
-
-@pytest.mark.parametrize("rate", [-0.1, 1.0, 1.5])
-def test_bad_drop_path_rate(rate):
-    with pytest.raises(ValueError, match=f"Received: drop_path_rate={rate}"):
-        small_model(drop_path_rate=rate)
-
-
 def test_input_tensor_shape_mismatch():
     import keras
 

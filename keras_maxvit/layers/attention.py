@@ -27,6 +27,40 @@ def relative_position_index(size) -> np.ndarray:
     return (d_rows * (2 * q - 1) + d_cols).astype("int32")
 
 
+# Added to the logits of padded keys: exp() of it underflows to exactly 0 in
+# float32, so padded positions get no attention weight whatever they hold.
+MASK_VALUE = -1e9
+
+
+def pad_to_partition(x, pad_height, pad_width):
+    """Pads a `(B, H, W, C)` map at the bottom and right (with zeros)."""
+    return ops.pad(x, ((0, 0), (0, pad_height), (0, pad_width), (0, 0)))
+
+
+def padding_mask(height, width, size, partition_type):
+    """Which tokens of each partition group are real pixels, not padding.
+
+    The map of `height x width` is padded at the bottom/right up to multiples
+    of `size = (rows, cols)`. Returns a boolean `(groups, rows * cols)`
+    tensor in the order the attention layer lays out its groups and tokens.
+    Sizes may be Python ints or scalar tensors (unknown static shape).
+    """
+    rows, cols = size
+    group_rows, group_cols = -(-height // rows), -(-width // cols)
+    padded_height, padded_width = group_rows * rows, group_cols * cols
+    valid = ops.logical_and(
+        ops.expand_dims(ops.arange(padded_height) < height, 1),
+        ops.expand_dims(ops.arange(padded_width) < width, 0),
+    )
+    if partition_type == "block":  # pixel (r * rows + i, c * cols + j)
+        valid = ops.reshape(valid, (group_rows, rows, group_cols, cols))
+        valid = ops.transpose(valid, (0, 2, 1, 3))
+    else:  # pixel (i * group_rows + r, j * group_cols + c)
+        valid = ops.reshape(valid, (rows, group_rows, cols, group_cols))
+        valid = ops.transpose(valid, (1, 3, 0, 2))
+    return ops.reshape(valid, (-1, rows * cols))
+
+
 def check_partition_args(partition_type, partition_size, head_size) -> None:
     """Raises a ValueError naming the first invalid partition argument."""
     if partition_type not in PARTITION_TYPES:
@@ -55,8 +89,13 @@ class RelativePositionAttention(keras.layers.Layer):
     `partition_size x partition_size` groups (local windows for
     `partition_type="block"`, a dilated global grid for `"grid"`), runs
     multi-head self-attention with a learned relative-position bias inside
-    each group, and returns a map of the same shape. `H` and `W` must be
-    multiples of the partition's rows and columns; `C` must be a multiple of `head_size`.
+    each group, and returns a map of the same shape. `C` must be a multiple
+    of `head_size`. `H` and `W` may be anything (also unknown, `None`): where
+    they are not multiples of the partition's rows and columns, the map is
+    padded at the bottom/right up to the next multiples, the padded
+    positions are masked out of the softmax (no real pixel attends to them)
+    and the output is cropped back, so the padding never changes the result.
+    Multiples take the plain path, without padding or mask.
 
     The fused `qkv` projection lays out its `3 * C` outputs as
     `(3, heads, head_size)` and the bias table has shape
@@ -107,13 +146,6 @@ class RelativePositionAttention(keras.layers.Layer):
                 "The number of input channels must be a multiple of "
                 f"head_size={self.head_size}. Received: input_shape={input_shape}"
             )
-        for side, part in zip((height, width), self._size, strict=True):
-            if side is not None and side % part != 0:
-                raise ValueError(
-                    "Input height and width must be multiples of "
-                    f"partition_size={self.partition_size}. "
-                    f"Received: input_shape={input_shape}"
-                )
 
     def build(self, input_shape):
         self._check_input_shape(input_shape)
@@ -156,9 +188,16 @@ class RelativePositionAttention(keras.layers.Layer):
         return ops.reshape(ops.transpose(bias), (self.num_heads, tokens, tokens))
 
     def call(self, inputs, training=None):
-        _, height, width, channels = inputs.shape
         rows, cols = self._size
-        group_rows, group_cols = height // rows, width // cols
+        height, width = inputs.shape[1], inputs.shape[2]
+        if height is None or width is None:  # unknown until run (TensorFlow graphs)
+            dynamic = ops.shape(inputs)
+            height = dynamic[1] if height is None else height
+            width = dynamic[2] if width is None else width
+            padded = True
+        else:
+            padded = height % rows != 0 or width % cols != 0
+        channels = inputs.shape[-1]
         heads, head_size = self.num_heads, self.head_size
         num_tokens = rows * cols
         # The projections are per pixel, so they run on the map and the
@@ -166,6 +205,9 @@ class RelativePositionAttention(keras.layers.Layer):
         # heads (and its inverse into the one that merges them): two
         # transposes per layer instead of four.
         qkv = self.qkv(inputs)  # (B, H, W, 3 * C) laid out as (3, heads, head)
+        if padded:
+            qkv = pad_to_partition(qkv, (-height) % rows, (-width) % cols)
+        group_rows, group_cols = -(-height // rows), -(-width // cols)
         if self.partition_type == "block":  # pixel (r * rows + i, c * cols + j)
             qkv = ops.reshape(qkv, (-1, group_rows, rows, group_cols, cols, 3, heads, head_size))
             qkv = ops.transpose(qkv, (5, 0, 1, 3, 6, 2, 4, 7))
@@ -178,9 +220,18 @@ class RelativePositionAttention(keras.layers.Layer):
 
         query = query * ops.cast(head_size**-0.5, query.dtype)
         logits = ops.matmul(query, ops.transpose(key, (0, 1, 3, 2)))
-        bias = ops.cast(self.relative_position_bias(), "float32")
         # Softmax in float32 so mixed precision keeps its accuracy.
-        weights = ops.softmax(ops.cast(logits, "float32") + bias[None], axis=-1)
+        logits = ops.cast(logits, "float32")
+        bias = ops.cast(self.relative_position_bias(), "float32")[None]
+        if padded:
+            # (groups, T) -> a (groups, 1, 1, T) additive mask on the keys.
+            mask = padding_mask(height, width, self._size, self.partition_type)
+            mask = ops.where(mask, 0.0, MASK_VALUE)[:, None, None, :]
+            groups = group_rows * group_cols
+            logits = ops.reshape(logits, (-1, groups, heads, num_tokens, num_tokens))
+            bias = bias + mask
+        weights = ops.softmax(logits + bias, axis=-1)
+        weights = ops.reshape(weights, (-1, heads, num_tokens, num_tokens))
         weights = self.dropout(ops.cast(weights, value.dtype), training=training)
         out = ops.matmul(weights, value)  # (N, heads, T, head)
 
@@ -189,7 +240,9 @@ class RelativePositionAttention(keras.layers.Layer):
             out = ops.transpose(out, (0, 1, 4, 2, 5, 3, 6))
         else:
             out = ops.transpose(out, (0, 4, 1, 5, 2, 3, 6))
-        out = ops.reshape(out, (-1, height, width, channels))
+        out = ops.reshape(out, (-1, group_rows * rows, group_cols * cols, channels))
+        if padded:
+            out = out[:, :height, :width, :]
         return self.proj(out)
 
     def compute_output_shape(self, input_shape):

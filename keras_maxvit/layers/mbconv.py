@@ -200,7 +200,8 @@ class MBConv(keras.layers.Layer):
         x = self.pre_norm(inputs, training=training)
         x = pointwise(self.conv1_1x1, x)
         x = gelu_tanh(self.norm1(x, training=training))
-        if keras.backend.backend() in SHIFTED_DEPTHWISE_BACKENDS:
+        static_size = x.shape[1] is not None and x.shape[2] is not None
+        if keras.backend.backend() in SHIFTED_DEPTHWISE_BACKENDS and static_size:
             x = depthwise_conv_same(x, ops.cast(self.conv2_kxk.kernel, x.dtype), self.strides)
         else:
             x = self.conv2_kxk(x)

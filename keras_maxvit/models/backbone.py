@@ -12,11 +12,19 @@ import re
 
 import keras
 
+from keras_maxvit.models.inputs import MaxViTModel
 from keras_maxvit.models.maxvit import MODEL_CONFIGS, MaxViT
 
 # Keys of a custom `variant` dict: the MaxViT builder's architecture arguments.
 _REQUIRED_KEYS = ("stem_filters", "stage_filters", "depths")
 _OPTIONAL_KEYS = ("head_hidden_size", "head_size")
+
+
+def to_json_size(size):
+    """An int window size, or a pair as the tuple it is after a JSON round trip."""
+    return size if isinstance(size, int) else tuple(size)
+
+
 _LAST_BLOCK = re.compile(r"^stage(\d+)_block(\d+)_grid_attn$")
 
 
@@ -82,7 +90,7 @@ def _architecture(variant) -> dict:
 
 
 @keras.saving.register_keras_serializable(package="keras_maxvit")
-class MaxViTBackbone(keras.Model):
+class MaxViTBackbone(MaxViTModel):
     """MaxViT feature extractor with a `pyramid_outputs` dict of its feature maps.
 
     The model is the MaxViT trunk without a head, built by
@@ -101,11 +109,15 @@ class MaxViTBackbone(keras.Model):
             weights file. The classification head of a checkpoint is not used.
             Not part of `get_config()`: a saved backbone keeps its own weights.
         input_shape: `(height, width, channels)`; default `(224, 224, 3)`.
+            Any height and width of at least 32, or None for any size
+            (`(None, None, 3)`): one backbone for every image size.
         include_preprocessing: If True the model takes raw RGB in `[0, 255]`
             and normalizes it as the checkpoint expects.
         drop_path_rate: Stochastic depth rate of the last block.
         remat: If True, blocks recompute their activations in the backward
             pass (less training memory, as in `keras_maxvit.MaxViT`).
+        window_size: Attention window = grid side (int or pair); None for
+            `side // 32`, or 7 for an unknown size, as in `keras_maxvit.MaxViT`.
         name: Name of the model; default `"maxvit_{variant}_backbone"`.
 
     Example:
@@ -130,6 +142,7 @@ class MaxViTBackbone(keras.Model):
         include_preprocessing: bool = True,
         drop_path_rate: float = 0.0,
         remat: bool = False,
+        window_size: int | tuple[int, int] | None = None,
         name: str | None = None,
     ):
         architecture = _architecture(variant)
@@ -144,6 +157,7 @@ class MaxViTBackbone(keras.Model):
             pooling=None,
             drop_path_rate=drop_path_rate,
             remat=remat,
+            window_size=window_size,
             name=name,
         )
         super().__init__(inputs=trunk.inputs[0], outputs=trunk.outputs[0], name=name)
@@ -154,6 +168,7 @@ class MaxViTBackbone(keras.Model):
         self.include_preprocessing = include_preprocessing
         self.drop_path_rate = drop_path_rate
         self.remat = remat
+        self.window_size = window_size if window_size is None else to_json_size(window_size)
 
     @property
     def pyramid_outputs(self) -> dict:
@@ -177,5 +192,6 @@ class MaxViTBackbone(keras.Model):
             "include_preprocessing": self.include_preprocessing,
             "drop_path_rate": self.drop_path_rate,
             "remat": self.remat,
+            "window_size": self.window_size,
             "name": self.name,
         }

@@ -13,7 +13,9 @@ from keras import layers
 
 from keras_maxvit import weights as weights_lib
 from keras_maxvit.layers import MBConv, PartitionAttentionBlock, gelu_tanh
+from keras_maxvit.layers.partition import to_pair
 from keras_maxvit.layers.remat import check_remat
+from keras_maxvit.models.inputs import MIN_SIZE, MaxViTModel
 from keras_maxvit.presets import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -59,6 +61,8 @@ MODEL_CONFIGS = {
 
 # The total stride of the network: window = grid = input side / 32.
 NETWORK_STRIDE = 32
+# The input size of the default window (7) when the input size is unknown.
+DEFAULT_RESOLUTION = 224
 POOLING_OPTIONS = (None, "avg", "max")
 
 
@@ -103,40 +107,71 @@ def count_parameters(config: dict, classes: int = 1000, resolution: int = 224) -
     return total + hidden * classes + classes
 
 
-def _validate_input_shape(input_shape, include_preprocessing):
+def _validate_input_shape(input_shape, include_preprocessing, weights):
     if len(input_shape) != 3:
         raise ValueError(
             "`input_shape` must have 3 dims (height, width, channels). "
             f"Received: input_shape={input_shape}"
         )
     height, width, channels = input_shape
-    if height is None or width is None:
-        raise ValueError(
-            "MaxViT needs a static height and width (dynamic sizes are not "
-            f"supported yet). Received: input_shape={input_shape}"
-        )
     for side in (height, width):
-        if side < NETWORK_STRIDE or side % NETWORK_STRIDE != 0:
+        if side is None:
+            continue
+        if isinstance(side, bool) or not isinstance(side, int) or side < MIN_SIZE:
             raise ValueError(
-                "`input_shape` height and width must be multiples of 32 and at "
-                f"least 32 (the window is side / 32). Received: input_shape={input_shape}"
+                f"`input_shape` height and width must be integers of at least {MIN_SIZE} "
+                f"(or None for any size). Received: input_shape={input_shape}"
             )
+    if isinstance(channels, bool) or not isinstance(channels, int) or channels < 1:
+        raise ValueError(
+            "`input_shape` must give the number of channels as a positive integer. "
+            f"Received: input_shape={input_shape}"
+        )
     if include_preprocessing and channels != 3:
         raise ValueError(
             "`include_preprocessing=True` needs 3-channel RGB input. "
             f"Received: input_shape={input_shape}"
         )
+    if weights is not None and channels != 3:
+        raise ValueError(
+            f"Pretrained weights (weights={weights!r}) need 3-channel RGB input. "
+            f"Received: input_shape={input_shape}"
+        )
+
+
+def _partition_size(height, width, window_size, resolution):
+    """Window = grid size of the attention layers: an int or a (rows, cols) pair.
+
+    An explicit `window_size` wins. Otherwise it is `side // 32` for a static
+    input size (timm's rule: 7 at 224, 12 at 384), and for an unknown size
+    (`None`) the window the weights were trained with (`resolution // 32`).
+    """
+    if window_size is not None:
+        try:
+            size = to_pair(window_size)
+        except ValueError:
+            raise ValueError(
+                "`window_size` must be a positive integer or a pair of them. "
+                f"Received: window_size={window_size!r}"
+            ) from None
+    elif height is None or width is None:
+        size = (resolution // NETWORK_STRIDE,) * 2
+    else:
+        size = (height // NETWORK_STRIDE, width // NETWORK_STRIDE)
+    return size[0] if size[0] == size[1] else size
 
 
 def _resolve_input_shape(input_shape, input_tensor):
     if input_tensor is not None:
-        try:
-            tensor_shape = tuple(keras.ops.shape(input_tensor))[1:]
-        except Exception as e:  # not a tensor at all
+        is_tensor = keras.backend.is_keras_tensor(input_tensor) or keras.ops.is_tensor(
+            input_tensor
+        )
+        if not is_tensor or len(input_tensor.shape) != 4:
             raise TypeError(
-                "`input_tensor` must be a Keras or backend tensor. "
+                "`input_tensor` must be a 4D Keras or backend tensor. "
                 f"Received: input_tensor={input_tensor!r}"
-            ) from e
+            )
+        tensor_shape = tuple(input_tensor.shape)[1:]
         if input_shape is not None and tuple(input_shape) != tensor_shape:
             raise ValueError(
                 "`input_shape` does not match the shape of `input_tensor`. "
@@ -187,6 +222,7 @@ def MaxViT(
     classifier_activation="softmax",
     drop_path_rate: float = 0.0,
     remat: bool = False,
+    window_size: int | tuple[int, int] | None = None,
     name: str = "maxvit",
 ) -> keras.Model:
     """Builds a MaxViT model of any width and depth.
@@ -229,8 +265,9 @@ def MaxViT(
         )
     check_remat(remat)
     input_shape = _resolve_input_shape(input_shape, input_tensor)
-    _validate_input_shape(input_shape, include_preprocessing)
+    _validate_input_shape(input_shape, include_preprocessing, weights)
     height, width = input_shape[0], input_shape[1]
+    known_sides = [side for side in (height, width) if side is not None]
     checkpoint = None
     if weights_lib.is_named_weights(weights):
         given = {
@@ -240,10 +277,11 @@ def MaxViT(
             "head_hidden_size": head_hidden_size,
         }
         variant = next((k for k, c in MODEL_CONFIGS.items() if c == given), None)
-        checkpoint = weights_lib.resolve_checkpoint(weights, variant, max(height, width))
-    partition_size = (height // NETWORK_STRIDE, width // NETWORK_STRIDE)
-    if partition_size[0] == partition_size[1]:
-        partition_size = partition_size[0]
+        checkpoint = weights_lib.resolve_checkpoint(
+            weights, variant, max(known_sides, default=DEFAULT_RESOLUTION)
+        )
+    resolution = PRESETS[checkpoint]["resolution"] if checkpoint else DEFAULT_RESOLUTION
+    partition_size = _partition_size(height, width, window_size, resolution)
 
     if input_tensor is None:
         inputs = layers.Input(shape=input_shape, name="image")
@@ -257,7 +295,7 @@ def MaxViT(
         if checkpoint is not None:
             mean, std = PRESETS[checkpoint]["mean"], PRESETS[checkpoint]["std"]
         else:
-            mean, std = default_normalization((height, width))
+            mean, std = default_normalization((height, width) if known_sides else (224, 224))
         # (x / 255 - mean) / std as one multiply-add (a Rescaling, not a
         # Normalization layer: ONNX converters keep its constants constant).
         x = layers.Rescaling(
@@ -313,7 +351,7 @@ def MaxViT(
         model_inputs = keras.utils.get_source_inputs(input_tensor)
     else:
         model_inputs = inputs
-    model = keras.Model(model_inputs, x, name=name)
+    model = MaxViTModel(model_inputs, x, name=name)
 
     if checkpoint is not None:
         new_classifier = include_top and classes != PRESETS[checkpoint]["classes"]
@@ -337,9 +375,19 @@ BASE_DOCSTRING = """Instantiates the {display} architecture.
     https://arxiv.org/abs/2204.01697) (ECCV 2022). The architecture is the
     official one, so timm's `maxvit_{key}_tf_*` checkpoints load exactly.
 
-    Default input is 224x224 RGB; any height and width that are multiples of
-    32 work, with attention window = grid = side / 32 (7 at 224, 12 at 384,
-    16 at 512).
+    Default input is 224x224 RGB. Any height and width of at least 32 work,
+    also unknown ones (`input_shape=(None, None, 3)`: one model for every
+    size, with or without the head). The attention window = grid size is
+    `side // 32` for a static input size (7 at 224, 12 at 384, 16 at 512) and,
+    for an unknown size, that of the weights' resolution (7 for random or
+    224x224 weights); `window_size` sets it. Where a stage's feature map is
+    not a multiple of the window (or grid), the attention pads it, masks the
+    padding out of the softmax and crops it back: the padding never changes
+    the output.
+
+    Images may be float or integer arrays (integers are cast to float32).
+    A NaN pixel is not checked for: it makes that image's outputs NaN and
+    leaves the other images of the batch unchanged.
 
     Args:
         include_top: Whether to include the classification head (global
@@ -372,6 +420,9 @@ BASE_DOCSTRING = """Instantiates the {display} architecture.
             training needs much less memory (e.g. L/XL at 384/512) for about
             one more forward pass of compute. Gradients and BatchNorm
             updates are the same as without.
+        window_size: Side of the attention windows and of the grid, an int
+            or a `(rows, cols)` pair; None for the default above. Pretrained
+            bias tables are resized to it as timm resizes them.
         name: Name of the model.
 
     Returns:
@@ -402,6 +453,7 @@ def _variant(key: str, display: str):
         classifier_activation="softmax",
         drop_path_rate: float = 0.0,
         remat: bool = False,
+        window_size: int | tuple[int, int] | None = None,
         name: str = f"maxvit_{key}",
     ) -> keras.Model:
         return MaxViT(
@@ -416,6 +468,7 @@ def _variant(key: str, display: str):
             classifier_activation=classifier_activation,
             drop_path_rate=drop_path_rate,
             remat=remat,
+            window_size=window_size,
             name=name,
         )
 
