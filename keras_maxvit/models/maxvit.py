@@ -163,9 +163,7 @@ def _partition_size(height, width, window_size, resolution):
 
 def _resolve_input_shape(input_shape, input_tensor):
     if input_tensor is not None:
-        is_tensor = keras.backend.is_keras_tensor(input_tensor) or keras.ops.is_tensor(
-            input_tensor
-        )
+        is_tensor = keras.backend.is_keras_tensor(input_tensor) or keras.ops.is_tensor(input_tensor)
         if not is_tensor or len(input_tensor.shape) != 4:
             raise TypeError(
                 "`input_tensor` must be a 4D Keras or backend tensor. "
