@@ -27,6 +27,13 @@ def relative_position_index(size) -> np.ndarray:
     return (d_rows * (2 * q - 1) + d_cols).astype("int32")
 
 
+# Backends whose attention keeps every tensor at 6-D or less (LiteRT's builtin
+# TRANSPOSE takes at most 6 dims, so a TensorFlow model converts without Flex
+# ops). PyTorch keeps the two 8-D transposes: slicing q, k, v out of the 6-D
+# layout costs it ~13% on the attention layer, and its LiteRT route
+# (litert-torch) has no such limit.
+LOW_RANK_BACKENDS = ("tensorflow", "jax")
+
 # Added to the logits of padded keys: exp() of it underflows to exactly 0 in
 # float32, so padded positions get no attention weight whatever they hold.
 MASK_VALUE = -1e9
@@ -208,15 +215,34 @@ class RelativePositionAttention(keras.layers.Layer):
         if padded:
             qkv = pad_to_partition(qkv, (-height) % rows, (-width) % cols)
         group_rows, group_cols = -(-height // rows), -(-width // cols)
-        if self.partition_type == "block":  # pixel (r * rows + i, c * cols + j)
-            qkv = ops.reshape(qkv, (-1, group_rows, rows, group_cols, cols, 3, heads, head_size))
-            qkv = ops.transpose(qkv, (5, 0, 1, 3, 6, 2, 4, 7))
-        else:  # pixel (i * group_rows + r, j * group_cols + c)
-            qkv = ops.reshape(qkv, (-1, rows, group_rows, cols, group_cols, 3, heads, head_size))
-            qkv = ops.transpose(qkv, (5, 0, 2, 4, 6, 1, 3, 7))
-        # (3, B, group_rows, group_cols, heads, rows, cols, head) -> (3, N, heads, T, head)
-        qkv = ops.reshape(qkv, (3, -1, heads, num_tokens, head_size))
-        query, key, value = qkv[0], qkv[1], qkv[2]
+        low_rank = keras.backend.backend() in LOW_RANK_BACKENDS
+        # Block: pixel (r * rows + i, c * cols + j); grid: (i * group_rows + r,
+        # j * group_cols + c); group (r, c) becomes batch entry n = (b, r, c).
+        if low_rank:  # 6-D: axes that stay neighbours are merged
+            if self.partition_type == "block":
+                qkv = ops.reshape(qkv, (-1, rows, group_cols, cols, 3 * heads, head_size))
+            else:
+                qkv = ops.reshape(
+                    qkv, (-1, rows, group_rows, cols, group_cols * 3 * heads, head_size)
+                )
+            qkv = ops.transpose(qkv, (0, 2, 4, 1, 3, 5))
+            # (B [* group_rows], group_rows [* group_cols], 3 * heads, rows, cols, head)
+            qkv = ops.reshape(qkv, (-1, 3, heads, num_tokens, head_size))
+            query, key, value = qkv[:, 0], qkv[:, 1], qkv[:, 2]
+        else:
+            if self.partition_type == "block":
+                qkv = ops.reshape(
+                    qkv, (-1, group_rows, rows, group_cols, cols, 3, heads, head_size)
+                )
+                qkv = ops.transpose(qkv, (5, 0, 1, 3, 6, 2, 4, 7))
+            else:
+                qkv = ops.reshape(
+                    qkv, (-1, rows, group_rows, cols, group_cols, 3, heads, head_size)
+                )
+                qkv = ops.transpose(qkv, (5, 0, 2, 4, 6, 1, 3, 7))
+            # (3, B, group_rows, group_cols, heads, rows, cols, head) -> (3, N, heads, T, head)
+            qkv = ops.reshape(qkv, (3, -1, heads, num_tokens, head_size))
+            query, key, value = qkv[0], qkv[1], qkv[2]
 
         query = query * ops.cast(head_size**-0.5, query.dtype)
         logits = ops.matmul(query, ops.transpose(key, (0, 1, 3, 2)))
@@ -235,11 +261,18 @@ class RelativePositionAttention(keras.layers.Layer):
         weights = self.dropout(ops.cast(weights, value.dtype), training=training)
         out = ops.matmul(weights, value)  # (N, heads, T, head)
 
-        out = ops.reshape(out, (-1, group_rows, group_cols, heads, rows, cols, head_size))
-        if self.partition_type == "block":
-            out = ops.transpose(out, (0, 1, 4, 2, 5, 3, 6))
+        if low_rank and self.partition_type == "block":
+            out = ops.reshape(out, (-1, group_cols, heads, rows, cols, head_size))
+            out = ops.transpose(out, (0, 3, 1, 4, 2, 5))
+        elif low_rank:
+            out = ops.reshape(out, (-1, group_rows, group_cols * heads, rows, cols, head_size))
+            out = ops.transpose(out, (0, 3, 1, 4, 2, 5))
         else:
-            out = ops.transpose(out, (0, 4, 1, 5, 2, 3, 6))
+            out = ops.reshape(out, (-1, group_rows, group_cols, heads, rows, cols, head_size))
+            if self.partition_type == "block":
+                out = ops.transpose(out, (0, 1, 4, 2, 5, 3, 6))
+            else:
+                out = ops.transpose(out, (0, 4, 1, 5, 2, 3, 6))
         out = ops.reshape(out, (-1, group_rows * rows, group_cols * cols, channels))
         if padded:
             out = out[:, :height, :width, :]
