@@ -244,3 +244,25 @@ def test_unknown_size_model_trains_and_round_trips(tmp_path, checkpoint):
         rtol=1e-5,
         atol=1e-5,
     )
+
+
+def test_pretrained_tiny_backbone_of_unknown_size_matches_timm(tmp_path):
+    """A MaxViT-T checkpoint in a `(None, None, 3)` backbone: window 7, timm's features at 224."""
+    import timm
+    from conftest import perturb_timm_model, timm_forward
+
+    reference = timm.create_model("maxvit_tiny_tf_224", pretrained=False)
+    perturb_timm_model(reference)
+    path = save_timm_checkpoint(reference, tmp_path / "tiny.safetensors")
+    backbone = keras_maxvit.MaxViTBackbone(
+        "tiny", weights=path, input_shape=(None, None, 3), include_preprocessing=False
+    )
+    assert backbone.get_layer("stage3_block1_grid_attn").partition_size == 7
+    images = np.random.default_rng(13).normal(size=(1, 224, 224, 3)).astype("float32")
+    features = backbone.predict(images, verbose=0)
+    expected = timm_forward(reference, images, features=True)
+    scale = np.abs(expected).max()
+    assert np.abs(features - expected).max() <= 1e-4 * scale
+    # The same object at a size that is no multiple of 32 (every stage pads).
+    odd = backbone.predict(images[:, :200, :150], verbose=0)
+    assert odd.shape == (1, 7, 5, 512) and np.isfinite(odd).all()
