@@ -204,3 +204,31 @@ def test_litert_from_torch_serves_keras_outputs(served, tmp_path):
     interpreter.invoke()
     (output,) = interpreter.get_output_details()
     assert_serves(interpreter.get_tensor(output["index"]), expected, LITERT_TOL)
+
+
+@pytest.mark.skipif(
+    BACKEND != "tensorflow",
+    reason="TensorFlow only: JAX and torch exporters need a static height and width",
+)
+def test_any_size_model_exports_for_every_size(tmp_path):
+    """A `(None, None, 3)` model: one SavedModel and one ONNX file serve every image size."""
+    import tensorflow as tf
+
+    model = keras_maxvit.MaxViT(
+        **SMALL_CONFIG,
+        input_shape=(None, None, 3),
+        window_size=2,
+        classes=10,
+        classifier_activation=None,
+    )
+    perturb(model)
+    model.export(str(tmp_path / "saved"), format="tf_saved_model", verbose=False)
+    spec = [keras.InputSpec(shape=(None, None, None, 3), dtype="float32", name="image")]
+    onnx_path = tmp_path / "model.onnx"
+    model.export(str(onnx_path), format="onnx", input_signature=spec, verbose=False)
+    reloaded = tf.saved_model.load(str(tmp_path / "saved"))
+    for size in [(64, 64), (50, 70)]:  # a multiple of the stride and a padded size
+        images = np.random.default_rng(1).uniform(0, 255, (2, *size, 3)).astype("float32")
+        expected = model.predict(images, verbose=0)
+        assert_serves(reloaded.serve(images).numpy(), expected, SAVED_MODEL_TOL)
+        assert_serves(run_onnx(onnx_path, images), expected, ONNX_TOL)

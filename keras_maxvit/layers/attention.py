@@ -53,7 +53,9 @@ def padding_mask(height, width, size, partition_type):
     Sizes may be Python ints or scalar tensors (unknown static shape).
     """
     rows, cols = size
-    group_rows, group_cols = -(-height // rows), -(-width // cols)
+    # Ceil division of non-negative numbers only (exporters such as tf2onnx
+    # turn integer floor division into truncation).
+    group_rows, group_cols = (height + rows - 1) // rows, (width + cols - 1) // cols
     padded_height, padded_width = group_rows * rows, group_cols * cols
     valid = ops.logical_and(
         ops.expand_dims(ops.arange(padded_height) < height, 1),
@@ -212,9 +214,9 @@ class RelativePositionAttention(keras.layers.Layer):
         # heads (and its inverse into the one that merges them): two
         # transposes per layer instead of four.
         qkv = self.qkv(inputs)  # (B, H, W, 3 * C) laid out as (3, heads, head)
+        group_rows, group_cols = (height + rows - 1) // rows, (width + cols - 1) // cols
         if padded:
-            qkv = pad_to_partition(qkv, (-height) % rows, (-width) % cols)
-        group_rows, group_cols = -(-height // rows), -(-width // cols)
+            qkv = pad_to_partition(qkv, group_rows * rows - height, group_cols * cols - width)
         low_rank = keras.backend.backend() in LOW_RANK_BACKENDS
         # Block: pixel (r * rows + i, c * cols + j); grid: (i * group_rows + r,
         # j * group_cols + c); group (r, c) becomes batch entry n = (b, r, c).
