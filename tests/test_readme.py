@@ -6,7 +6,9 @@ import re
 import subprocess
 import sys
 
+import keras
 import numpy as np
+import pytest
 from test_pretrained import _fake_hub_cache
 
 README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
@@ -14,7 +16,7 @@ README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
 
 def _python_blocks():
     blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.DOTALL)
-    assert len(blocks) == 2, "README.md should have the usage and the pretrained examples"
+    assert len(blocks) == 4, "README.md: usage, pretrained, backbone and export examples"
     return blocks
 
 
@@ -51,3 +53,18 @@ def test_readme_pretrained_example_runs_from_a_local_hub_cache(tmp_path):
     decoded = re.findall(r"\('(n\d{8})', '([^']+)', ([0-9.e-]+)\)", result.stdout)
     assert len(decoded) == 3 and all(name in names for _, name, _ in decoded)
     assert np.all(np.diff([float(score) for *_, score in decoded]) <= 0)
+
+
+def test_readme_backbone_example_runs(capsys):
+    exec(compile(_python_blocks()[2], str(README), "exec"), {})
+    printed = capsys.readouterr().out
+    assert "'P5': (7, 7)}" in printed and "'P4': (13, 19), 'P5': (7, 10)}" in printed
+
+
+@pytest.mark.skipif(
+    keras.backend.backend() == "torch", reason="SavedModel export needs torch_xla on PyTorch"
+)
+def test_readme_export_example_runs(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    exec(compile(_python_blocks()[3], str(README), "exec"), {})
+    assert capsys.readouterr().out.strip().endswith("True")
