@@ -90,14 +90,11 @@ def pad_with(value):
     return pad
 
 
-def small_dynamic_model(**kwargs):
+def small_model(input_shape=(None, None, 3), **kwargs):
+    """The small MaxViT returning logits, window 2 unless given, any size by default."""
     kwargs.setdefault("window_size", 2)
     return keras_maxvit.MaxViT(
-        **SMALL_CONFIG,
-        input_shape=(None, None, 3),
-        classes=10,
-        classifier_activation=None,
-        **kwargs,
+        **SMALL_CONFIG, input_shape=input_shape, classes=10, classifier_activation=None, **kwargs
     )
 
 
@@ -109,7 +106,7 @@ def checkpoint(tmp_path_factory):
 
 def test_padded_values_never_change_the_output(monkeypatch, checkpoint):
     # 50x70: stage maps 13x18, 7x9, 4x5, 2x3 with window 2: every stage pads.
-    model = small_dynamic_model(weights=checkpoint)
+    model = small_model(weights=checkpoint)
     images = np.random.default_rng(6).uniform(0, 255, (2, 50, 70, 3)).astype("float32")
 
     def predict():  # traced anew, so it runs the patched functions
@@ -127,33 +124,19 @@ def test_padded_values_never_change_the_output(monkeypatch, checkpoint):
 
 @pytest.mark.parametrize("size", [(64, 64), (96, 64)])
 def test_multiples_give_exactly_the_unpadded_results(size, checkpoint):
-    dynamic = small_dynamic_model(weights=checkpoint)
-    static = keras_maxvit.MaxViT(
-        **SMALL_CONFIG,
-        input_shape=size + (3,),
-        classes=10,
-        classifier_activation=None,
-        window_size=2,
-        weights=checkpoint,
-    )
+    dynamic = small_model(weights=checkpoint)
+    static = small_model(size + (3,), weights=checkpoint)
     images = np.random.default_rng(7).uniform(0, 255, (2,) + size + (3,)).astype("float32")
     expected = static.predict(images, verbose=0)
     np.testing.assert_allclose(dynamic.predict(images, verbose=0), expected, rtol=0, atol=1e-6)
 
 
 def test_one_model_serves_several_sizes_under_jit(checkpoint):
-    model = small_dynamic_model(weights=checkpoint)
+    model = small_model(weights=checkpoint)
     model.compile(jit_compile=keras.backend.backend() != "torch")
     for size in [(64, 64), (50, 70), (33, 45)]:
         images = np.random.default_rng(8).uniform(0, 255, (3,) + size + (3,)).astype("float32")
-        static = keras_maxvit.MaxViT(
-            **SMALL_CONFIG,
-            input_shape=size + (3,),
-            classes=10,
-            classifier_activation=None,
-            window_size=2,
-            weights=checkpoint,
-        )
+        static = small_model(size + (3,), weights=checkpoint)
         expected = static.predict(images, verbose=0)
         outputs = model.predict(images, batch_size=3, verbose=0)
         np.testing.assert_allclose(outputs, expected, rtol=1e-5, atol=1e-5)
@@ -164,7 +147,7 @@ def test_jax_jit_retraces_per_size_with_one_set_of_variables(checkpoint):
         pytest.skip("jax.jit of stateless_call is JAX-only; predict covers the other backends")
     import jax
 
-    model = small_dynamic_model(weights=checkpoint)
+    model = small_model(weights=checkpoint)
     batches = [
         np.random.default_rng(9).uniform(0, 255, (1,) + size + (3,)).astype("float32")
         for size in [(40, 72), (64, 64)]
@@ -216,13 +199,13 @@ def test_classifier_with_a_fixed_size_that_is_no_multiple(checkpoint):
     images = np.random.default_rng(11).uniform(0, 255, (2, 100, 70, 3)).astype("float32")
     probs = model.predict(images, verbose=0)
     np.testing.assert_allclose(probs.sum(-1), 1.0, rtol=1e-5)
-    logits = small_dynamic_model(weights=checkpoint, window_size=(3, 2)).predict(images, verbose=0)
+    logits = small_model(weights=checkpoint, window_size=(3, 2)).predict(images, verbose=0)
     softmax = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
     np.testing.assert_allclose(softmax, probs, rtol=1e-5, atol=1e-6)
 
 
 def test_unknown_size_model_trains_and_round_trips(tmp_path, checkpoint):
-    model = small_dynamic_model(weights=checkpoint)
+    model = small_model(weights=checkpoint)
     model.compile(
         optimizer=keras.optimizers.SGD(0.01),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
