@@ -6,16 +6,15 @@ import sys
 
 from keras_maxvit.presets import PRESETS
 
-VARIANT_NAMES = ("tiny", "small", "base", "large", "xlarge")
+# The official variants, from the checkpoint table (keras is imported only when needed).
+VARIANT_NAMES = tuple(dict.fromkeys(preset["variant"] for preset in PRESETS.values()))
 SIZE_HELP = "input side, at least 32 (default: the checkpoint's, or 224 for a file)"
 
 
 def _constructor(variant: str):
-    import keras_maxvit
+    from keras_maxvit.models.maxvit import VARIANTS
 
-    return getattr(
-        keras_maxvit, {"xlarge": "MaxViTXLarge"}.get(variant, f"MaxViT{variant.title()}")
-    )
+    return VARIANTS[variant]
 
 
 def _checkpoint(weights: str, variant: str, size: int | None):

@@ -16,14 +16,9 @@ import os
 import keras
 import numpy as np
 
+from keras_maxvit.models.maxvit import MODEL_CONFIGS, VARIANTS
+
 NO_DECAY = ["bias", "gamma", "beta", "relative_position_bias_table"]
-VARIANTS = {
-    "tiny": "MaxViTTiny",
-    "small": "MaxViTSmall",
-    "base": "MaxViTBase",
-    "large": "MaxViTLarge",
-    "xlarge": "MaxViTXLarge",
-}
 # `--model nano`: a MaxViT with every part of the architecture at a small
 # width and depth, for CPU demos from random weights (there are no
 # pretrained nano weights).
@@ -49,7 +44,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model",
         default="tiny",
-        choices=(*VARIANTS, "nano"),
+        choices=(*MODEL_CONFIGS, "nano"),
         help="a MaxViT variant, or nano: a small MaxViT for CPU demos (random weights only)",
     )
     parser.add_argument(
@@ -160,7 +155,7 @@ def build_model(args, classes: int):
             )
         model = keras_maxvit.MaxViT(**NANO_CONFIG, name="maxvit_nano", **common)
     else:
-        model = getattr(keras_maxvit, VARIANTS[args.model])(**common)
+        model = VARIANTS[args.model](**common)
     if weights is None:
         # From scratch, BatchNorm statistics must follow the data within a
         # few hundred steps: the default momentum 0.99 would keep them near

@@ -22,16 +22,9 @@ from keras_maxvit.models.maxvit import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     MODEL_CONFIGS,
+    VARIANTS,
     count_parameters,
 )
-
-VARIANTS = {
-    "tiny": keras_maxvit.MaxViTTiny,
-    "small": keras_maxvit.MaxViTSmall,
-    "base": keras_maxvit.MaxViTBase,
-    "large": keras_maxvit.MaxViTLarge,
-    "xlarge": keras_maxvit.MaxViTXLarge,
-}
 
 
 def small_model(**kwargs):

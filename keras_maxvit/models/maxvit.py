@@ -480,3 +480,12 @@ MaxViTSmall = _variant("small", "Small")
 MaxViTBase = _variant("base", "Base")
 MaxViTLarge = _variant("large", "Large")
 MaxViTXLarge = _variant("xlarge", "XLarge")
+
+# Variant name -> constructor, for the command line, `fit` and the tests.
+VARIANTS = {
+    "tiny": MaxViTTiny,
+    "small": MaxViTSmall,
+    "base": MaxViTBase,
+    "large": MaxViTLarge,
+    "xlarge": MaxViTXLarge,
+}
