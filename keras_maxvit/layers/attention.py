@@ -196,6 +196,56 @@ class RelativePositionAttention(keras.layers.Layer):
         bias = ops.take(ops.transpose(table), self._bias_index, axis=0)
         return ops.reshape(ops.transpose(bias), (self.num_heads, tokens, tokens))
 
+    def _split_groups(self, qkv, group_rows, group_cols):
+        """`(B, H, W, 3 * C)` map -> query, key, value of shape `(N, heads, T, head)`.
+
+        The map's rows and columns are `group_rows * rows` and `group_cols *
+        cols`. Block: pixel `(r * rows + i, c * cols + j)`; grid: pixel
+        `(i * group_rows + r, j * group_cols + c)`; group `(r, c)` of image `b`
+        becomes entry `n = (b * group_rows + r) * group_cols + c`. The
+        partition is folded into the one transpose that also splits q, k, v
+        and the heads.
+        """
+        rows, cols = self._size
+        heads, head_size, tokens = self.num_heads, self.head_size, rows * cols
+        if keras.backend.backend() in LOW_RANK_BACKENDS:  # 6-D: neighbour axes merged
+            if self.partition_type == "block":  # (B * group_rows, rows, group_cols, ...)
+                shape = (-1, rows, group_cols, cols, 3 * heads, head_size)
+            else:  # (B, rows, group_rows, cols, group_cols * 3 * heads, head)
+                shape = (-1, rows, group_rows, cols, group_cols * 3 * heads, head_size)
+            qkv = ops.transpose(ops.reshape(qkv, shape), (0, 2, 4, 1, 3, 5))
+            qkv = ops.reshape(qkv, (-1, 3, heads, tokens, head_size))
+            return qkv[:, 0], qkv[:, 1], qkv[:, 2]
+        if self.partition_type == "block":
+            shape = (-1, group_rows, rows, group_cols, cols, 3, heads, head_size)
+            order = (5, 0, 1, 3, 6, 2, 4, 7)
+        else:
+            shape = (-1, rows, group_rows, cols, group_cols, 3, heads, head_size)
+            order = (5, 0, 2, 4, 6, 1, 3, 7)
+        # (3, B, group_rows, group_cols, heads, rows, cols, head) -> (3, N, heads, T, head)
+        qkv = ops.reshape(
+            ops.transpose(ops.reshape(qkv, shape), order), (3, -1, heads, tokens, head_size)
+        )
+        return qkv[0], qkv[1], qkv[2]
+
+    def _merge_groups(self, out, group_rows, group_cols):
+        """Inverse of `_split_groups` for the `(N, heads, T, head)` attention output."""
+        rows, cols = self._size
+        heads, head_size = self.num_heads, self.head_size
+        if keras.backend.backend() in LOW_RANK_BACKENDS:
+            if self.partition_type == "block":
+                shape = (-1, group_cols, heads, rows, cols, head_size)
+            else:
+                shape = (-1, group_rows, group_cols * heads, rows, cols, head_size)
+            out = ops.transpose(ops.reshape(out, shape), (0, 3, 1, 4, 2, 5))
+        else:
+            out = ops.reshape(out, (-1, group_rows, group_cols, heads, rows, cols, head_size))
+            order = (
+                (0, 1, 4, 2, 5, 3, 6) if self.partition_type == "block" else (0, 4, 1, 5, 2, 3, 6)
+            )
+            out = ops.transpose(out, order)
+        return ops.reshape(out, (-1, group_rows * rows, group_cols * cols, heads * head_size))
+
     def call(self, inputs, training=None):
         rows, cols = self._size
         height, width = inputs.shape[1], inputs.shape[2]
@@ -206,47 +256,16 @@ class RelativePositionAttention(keras.layers.Layer):
             padded = True
         else:
             padded = height % rows != 0 or width % cols != 0
-        channels = inputs.shape[-1]
-        heads, head_size = self.num_heads, self.head_size
-        num_tokens = rows * cols
-        # The projections are per pixel, so they run on the map and the
-        # partition is folded into the one transpose that splits q, k, v and
-        # heads (and its inverse into the one that merges them): two
-        # transposes per layer instead of four.
-        qkv = self.qkv(inputs)  # (B, H, W, 3 * C) laid out as (3, heads, head)
         group_rows, group_cols = (height + rows - 1) // rows, (width + cols - 1) // cols
+        heads, tokens = self.num_heads, rows * cols
+
+        # The projections are per pixel, so they run on the (padded) map.
+        qkv = self.qkv(inputs)  # (B, H, W, 3 * C) laid out as (3, heads, head)
         if padded:
             qkv = pad_to_partition(qkv, group_rows * rows - height, group_cols * cols - width)
-        low_rank = keras.backend.backend() in LOW_RANK_BACKENDS
-        # Block: pixel (r * rows + i, c * cols + j); grid: (i * group_rows + r,
-        # j * group_cols + c); group (r, c) becomes batch entry n = (b, r, c).
-        if low_rank:  # 6-D: axes that stay neighbours are merged
-            if self.partition_type == "block":
-                qkv = ops.reshape(qkv, (-1, rows, group_cols, cols, 3 * heads, head_size))
-            else:
-                qkv = ops.reshape(
-                    qkv, (-1, rows, group_rows, cols, group_cols * 3 * heads, head_size)
-                )
-            qkv = ops.transpose(qkv, (0, 2, 4, 1, 3, 5))
-            # (B [* group_rows], group_rows [* group_cols], 3 * heads, rows, cols, head)
-            qkv = ops.reshape(qkv, (-1, 3, heads, num_tokens, head_size))
-            query, key, value = qkv[:, 0], qkv[:, 1], qkv[:, 2]
-        else:
-            if self.partition_type == "block":
-                qkv = ops.reshape(
-                    qkv, (-1, group_rows, rows, group_cols, cols, 3, heads, head_size)
-                )
-                qkv = ops.transpose(qkv, (5, 0, 1, 3, 6, 2, 4, 7))
-            else:
-                qkv = ops.reshape(
-                    qkv, (-1, rows, group_rows, cols, group_cols, 3, heads, head_size)
-                )
-                qkv = ops.transpose(qkv, (5, 0, 2, 4, 6, 1, 3, 7))
-            # (3, B, group_rows, group_cols, heads, rows, cols, head) -> (3, N, heads, T, head)
-            qkv = ops.reshape(qkv, (3, -1, heads, num_tokens, head_size))
-            query, key, value = qkv[0], qkv[1], qkv[2]
+        query, key, value = self._split_groups(qkv, group_rows, group_cols)
 
-        query = query * ops.cast(head_size**-0.5, query.dtype)
+        query = query * ops.cast(self.head_size**-0.5, query.dtype)
         logits = ops.matmul(query, ops.transpose(key, (0, 1, 3, 2)))
         # Softmax in float32 so mixed precision keeps its accuracy.
         logits = ops.cast(logits, "float32")
@@ -255,27 +274,14 @@ class RelativePositionAttention(keras.layers.Layer):
             # (groups, T) -> a (groups, 1, 1, T) additive mask on the keys.
             mask = padding_mask(height, width, self._size, self.partition_type)
             mask = ops.where(mask, 0.0, MASK_VALUE)[:, None, None, :]
-            groups = group_rows * group_cols
-            logits = ops.reshape(logits, (-1, groups, heads, num_tokens, num_tokens))
+            logits = ops.reshape(logits, (-1, group_rows * group_cols, heads, tokens, tokens))
             bias = bias + mask
         weights = ops.softmax(logits + bias, axis=-1)
-        weights = ops.reshape(weights, (-1, heads, num_tokens, num_tokens))
+        weights = ops.reshape(weights, (-1, heads, tokens, tokens))
         weights = self.dropout(ops.cast(weights, value.dtype), training=training)
         out = ops.matmul(weights, value)  # (N, heads, T, head)
 
-        if low_rank and self.partition_type == "block":
-            out = ops.reshape(out, (-1, group_cols, heads, rows, cols, head_size))
-            out = ops.transpose(out, (0, 3, 1, 4, 2, 5))
-        elif low_rank:
-            out = ops.reshape(out, (-1, group_rows, group_cols * heads, rows, cols, head_size))
-            out = ops.transpose(out, (0, 3, 1, 4, 2, 5))
-        else:
-            out = ops.reshape(out, (-1, group_rows, group_cols, heads, rows, cols, head_size))
-            if self.partition_type == "block":
-                out = ops.transpose(out, (0, 1, 4, 2, 5, 3, 6))
-            else:
-                out = ops.transpose(out, (0, 4, 1, 5, 2, 3, 6))
-        out = ops.reshape(out, (-1, group_rows * rows, group_cols * cols, channels))
+        out = self._merge_groups(out, group_rows, group_cols)
         if padded:
             out = out[:, :height, :width, :]
         return self.proj(out)
