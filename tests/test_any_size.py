@@ -12,9 +12,9 @@ import keras
 import numpy as np
 import pytest
 from conftest import SMALL_CONFIG, save_timm_checkpoint, timm_small_model, to_numpy
+from test_layers import randomized_attention
 
 import keras_maxvit
-from keras_maxvit.layers import RelativePositionAttention
 from keras_maxvit.layers import attention as attention_module
 
 
@@ -61,21 +61,12 @@ def padded_attention_reference(x, layer):
     return out @ w_proj + b_proj
 
 
-def randomized_layer(partition_type, size, shape):
-    layer = RelativePositionAttention(partition_type, size, head_size=8)
-    layer.build(shape)
-    rng = np.random.default_rng(4)
-    for variable in layer.weights:
-        variable.assign(rng.normal(size=variable.shape) * 0.5)
-    return layer
-
-
 @pytest.mark.parametrize("partition_type", ["block", "grid"])
 @pytest.mark.parametrize(
     "size,shape", [(3, (2, 5, 7, 16)), ((2, 3), (1, 5, 4, 16)), (4, (1, 2, 3, 8))]
 )
 def test_padded_attention_matches_numpy(partition_type, size, shape):
-    layer = randomized_layer(partition_type, size, shape)
+    layer = randomized_attention(partition_type, size, shape, seed=4)
     x = np.random.default_rng(5).normal(size=shape).astype("float32")
     expected = padded_attention_reference(x, layer)
     np.testing.assert_allclose(to_numpy(layer(x)), expected, rtol=1e-5, atol=1e-5)

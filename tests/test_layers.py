@@ -171,14 +171,20 @@ def attention_reference(x, layer):
     return _scatter_back(np.stack(outputs), x.shape, partition, p, q)
 
 
+def randomized_attention(partition_type, size, shape, seed):
+    """A built `RelativePositionAttention` whose weights are all random (bias table too)."""
+    layer = RelativePositionAttention(partition_type, size, head_size=8)
+    layer.build(shape)
+    rng = np.random.default_rng(seed)
+    for variable in layer.weights:
+        variable.assign(rng.normal(size=variable.shape) * 0.5)
+    return layer
+
+
 @pytest.mark.parametrize("partition_type", ["block", "grid"])
 @pytest.mark.parametrize("size,shape", [(2, (2, 4, 4, 16)), ((2, 3), (1, 4, 6, 32))])
 def test_attention_matches_numpy(partition_type, size, shape):
-    layer = RelativePositionAttention(partition_type, size, head_size=8)
-    layer.build(shape)
-    rng = np.random.default_rng(3)
-    for variable in layer.weights:
-        variable.assign(rng.normal(size=variable.shape) * 0.5)
+    layer = randomized_attention(partition_type, size, shape, seed=3)
     x = _inputs(shape)
     np.testing.assert_allclose(
         to_numpy(layer(x)), attention_reference(x, layer), rtol=1e-5, atol=1e-5

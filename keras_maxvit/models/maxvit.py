@@ -293,7 +293,7 @@ def MaxViT(
         if checkpoint is not None:
             mean, std = PRESETS[checkpoint]["mean"], PRESETS[checkpoint]["std"]
         else:
-            mean, std = default_normalization((height, width) if known_sides else (224, 224))
+            mean, std = default_normalization((height, width))
         # (x / 255 - mean) / std as one multiply-add (a Rescaling, not a
         # Normalization layer: ONNX converters keep its constants constant).
         x = layers.Rescaling(
