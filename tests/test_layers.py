@@ -20,7 +20,7 @@ from keras_maxvit.layers import (
     RelativePositionAttention,
     StochasticDepth,
 )
-from keras_maxvit.layers.mbconv import depthwise_conv_same
+from keras_maxvit.layers.depthwise import depthwise_conv_same
 from keras_maxvit.timm_convert import convert_state_dict, timm_key
 
 LAYER_CASES = [
@@ -301,3 +301,69 @@ def test_shifted_depthwise_conv_equals_depthwise_conv(strides, size):
     expected = keras.ops.depthwise_conv(x, kernel, strides=strides, padding="same")
     got = depthwise_conv_same(x, kernel, strides)
     np.testing.assert_allclose(to_numpy(got), to_numpy(expected), rtol=1e-5, atol=1e-5)
+
+
+def _depthwise_grads_numpy(x, kernel, upstream, strides):
+    """Float64 gradients of `sum(depthwise_conv_same(x, kernel) * upstream)`."""
+    x, kernel, upstream = (np.asarray(a, "float64") for a in (x, kernel, upstream))
+    _, height, width, _ = x.shape
+    _, out_height, out_width, _ = upstream.shape
+    pads = []
+    for side, out in ((height, out_height), (width, out_width)):
+        total = max((out - 1) * strides + 3 - side, 0)
+        pads.append((total // 2, total - total // 2))
+    padded = np.pad(x, ((0, 0), pads[0], pads[1], (0, 0)))
+    grad_padded = np.zeros_like(padded)
+    grad_kernel = np.zeros_like(kernel)
+    for i in range(3):
+        for j in range(3):
+            rows = slice(i, i + (out_height - 1) * strides + 1, strides)
+            cols = slice(j, j + (out_width - 1) * strides + 1, strides)
+            grad_padded[:, rows, cols, :] += upstream * kernel[i, j, :, 0]
+            grad_kernel[i, j, :, 0] = np.sum(upstream * padded[:, rows, cols, :], axis=(0, 1, 2))
+    top, left = pads[0][0], pads[1][0]
+    return grad_padded[:, top : top + height, left : left + width, :], grad_kernel
+
+
+def _backend_grads(fn, *args):
+    """Gradients of the scalar `fn(*args)` for every argument, on the current backend."""
+    backend = keras.backend.backend()
+    if backend == "jax":
+        import jax
+
+        return jax.jit(jax.grad(fn, argnums=tuple(range(len(args)))))(*args)
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        tensors = [tf.constant(a) for a in args]
+        with tf.GradientTape() as tape:
+            tape.watch(tensors)
+            value = fn(*tensors)
+        return tape.gradient(value, tensors)
+    import torch
+
+    tensors = [torch.tensor(a, requires_grad=True) for a in args]
+    fn(*tensors).backward()
+    return [t.grad.detach() for t in tensors]
+
+
+@pytest.mark.parametrize("strides", [1, 2])
+@pytest.mark.parametrize("size", [(8, 8), (7, 10), (3, 2)])
+def test_shifted_depthwise_conv_gradients_match_numpy(strides, size):
+    # The shifted-sum conv carries its own gradient (transposed conv for the
+    # input, row-wise sums for the kernel): checked against a float64 NumPy
+    # reference, also for odd sizes where "same" padding is asymmetric.
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(2, *size, 5)).astype("float32")
+    kernel = rng.normal(size=(3, 3, 5, 1)).astype("float32")
+    out_size = tuple(-(-side // strides) for side in size)
+    upstream = rng.normal(size=(2, *out_size, 5)).astype("float32")
+
+    def loss(x, kernel):
+        out = depthwise_conv_same(x, kernel, strides)
+        return keras.ops.sum(out * keras.ops.convert_to_tensor(upstream))
+
+    grad_x, grad_kernel = _backend_grads(loss, x, kernel)
+    want_x, want_kernel = _depthwise_grads_numpy(x, kernel, upstream, strides)
+    np.testing.assert_allclose(to_numpy(grad_x), want_x, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(to_numpy(grad_kernel), want_kernel, rtol=1e-5, atol=1e-5)

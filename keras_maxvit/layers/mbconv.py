@@ -4,56 +4,15 @@ import keras
 from keras import ops
 
 from keras_maxvit.layers.activations import gelu_tanh
+from keras_maxvit.layers.depthwise import depthwise_conv_same
+from keras_maxvit.layers.linear import project
 from keras_maxvit.layers.remat import check_remat, remat_call
 from keras_maxvit.layers.stochastic_depth import StochasticDepth, check_rate
 
-# XLA's CPU depthwise convolution is slow (5-7x the sum below for MaxViT-T's
-# stage-1 maps, forward and backward): under JAX and TensorFlow the 3x3
-# depthwise conv runs as a sum of shifted, scaled copies of the input, which
-# XLA fuses into one loop. PyTorch keeps its native kernel (faster there).
+# XLA's CPU depthwise convolution is slow: under JAX and TensorFlow the 3x3
+# depthwise conv runs as a sum of shifted inputs with its own gradient (see
+# `depthwise.py`). PyTorch keeps its native kernel (faster there).
 SHIFTED_DEPTHWISE_BACKENDS = ("jax", "tensorflow")
-
-
-def depthwise_conv_same(x, kernel, strides: int):
-    """Depthwise conv with TensorFlow "same" padding as a sum of shifted inputs.
-
-    Args:
-        x: `(B, H, W, C)` map.
-        kernel: `(k, k, C, 1)` depthwise kernel.
-        strides: 1 or 2.
-
-    Returns:
-        `(B, ceil(H / strides), ceil(W / strides), C)`, equal to
-        `ops.depthwise_conv(x, kernel, strides, padding="same")`.
-    """
-    size = kernel.shape[0]
-    _, height, width, _ = x.shape
-    out_height, out_width = -(-height // strides), -(-width // strides)
-    pads = []
-    for side, out in ((height, out_height), (width, out_width)):
-        total = max((out - 1) * strides + size - side, 0)
-        pads.append((total // 2, total - total // 2))
-    x = ops.pad(x, ((0, 0), pads[0], pads[1], (0, 0)))
-    span_h, span_w = (out_height - 1) * strides + 1, (out_width - 1) * strides + 1
-    out = None
-    for i in range(size):
-        for j in range(size):
-            term = x[:, i : i + span_h : strides, j : j + span_w : strides, :] * kernel[i, j, :, 0]
-            out = term if out is None else out + term
-    return out
-
-
-def pointwise(conv: keras.layers.Conv2D, x):
-    """A 1x1 `Conv2D` layer's weights applied as a matmul over the channels.
-
-    The same result as `conv(x)`, without the NHWC <-> NCHW transposes the
-    PyTorch backend wraps around a convolution and faster under XLA on CPU.
-    """
-    kernel = ops.cast(conv.kernel, x.dtype)
-    x = ops.matmul(x, ops.reshape(kernel, kernel.shape[2:]))
-    if conv.use_bias:
-        x = x + ops.cast(conv.bias, x.dtype)
-    return x
 
 
 @keras.saving.register_keras_serializable(package="keras_maxvit")
@@ -195,10 +154,10 @@ class MBConv(keras.layers.Layer):
         if self.shortcut_pool is not None:
             shortcut = self.shortcut_pool(shortcut)
         if self.shortcut_expand is not None:
-            shortcut = pointwise(self.shortcut_expand, shortcut)
+            shortcut = project(self.shortcut_expand, shortcut)
 
         x = self.pre_norm(inputs, training=training)
-        x = pointwise(self.conv1_1x1, x)
+        x = project(self.conv1_1x1, x)
         x = gelu_tanh(self.norm1(x, training=training))
         static_size = x.shape[1] is not None and x.shape[2] is not None
         if keras.backend.backend() in SHIFTED_DEPTHWISE_BACKENDS and static_size:
@@ -208,10 +167,10 @@ class MBConv(keras.layers.Layer):
         x = gelu_tanh(self.norm2(x, training=training))
 
         scale = ops.mean(x, axis=(1, 2), keepdims=True)
-        scale = ops.silu(pointwise(self.se_fc1, scale))
-        x = x * ops.sigmoid(pointwise(self.se_fc2, scale))
+        scale = ops.silu(project(self.se_fc1, scale))
+        x = x * ops.sigmoid(project(self.se_fc2, scale))
 
-        x = pointwise(self.conv3_1x1, x)
+        x = project(self.conv3_1x1, x)
         return shortcut + self.drop_path(x, training=training)
 
     def compute_output_shape(self, input_shape):

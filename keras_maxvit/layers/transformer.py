@@ -7,6 +7,7 @@ from keras_maxvit.layers.attention import (
     RelativePositionAttention,
     check_partition_args,
 )
+from keras_maxvit.layers.linear import project
 from keras_maxvit.layers.remat import check_remat, remat_call
 from keras_maxvit.layers.stochastic_depth import StochasticDepth, check_rate
 
@@ -105,8 +106,8 @@ class PartitionAttentionBlock(keras.layers.Layer):
         x = inputs + self.drop_path1(
             self.attn(self.norm1(inputs), training=training), training=training
         )
-        hidden = gelu_tanh(self.mlp_fc1(self.norm2(x)))
-        return x + self.drop_path2(self.mlp_fc2(hidden), training=training)
+        hidden = gelu_tanh(project(self.mlp_fc1, self.norm2(x)))
+        return x + self.drop_path2(project(self.mlp_fc2, hidden), training=training)
 
     def compute_output_shape(self, input_shape):
         return input_shape
