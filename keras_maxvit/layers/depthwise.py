@@ -9,8 +9,9 @@ CPU does not fuse (it copies every slice first): 2-4x the forward and
 backward of the rest of the block. `depthwise_conv_same` therefore carries
 its own gradient:
 
-- input gradient: the transposed convolution, again a shifted sum (of the
-  upstream gradient, dilated by the stride, with the kernel flipped);
+- input gradient: the transposed convolution, again shifted sums of the
+  upstream gradient, one per output phase (rows and columns modulo the
+  stride), interleaved;
 - kernel gradient: for each tap, the products of upstream gradient and
   shifted input are summed over the output rows by explicit adds (one fused
   loop over row slices), then over batch and columns by one reduction.
@@ -50,28 +51,48 @@ def _forward(x, kernel, strides):
     return _shifted_sum(padded, kernel, strides, out_height, out_width)
 
 
-def _dilate(x, strides):
-    """Puts `strides - 1` zeros between neighbouring rows and columns of `(B, H, W, C)`."""
-    if strides == 1:
-        return x
-    batch, height, width, channels = x.shape
-    batch = -1 if batch is None else batch
-    x = ops.reshape(x, (batch, height, 1, width, 1, channels))
-    x = ops.pad(x, ((0, 0), (0, 0), (0, strides - 1), (0, 0), (0, strides - 1), (0, 0)))
-    x = ops.reshape(x, (batch, height * strides, width * strides, channels))
-    return x[:, : (height - 1) * strides + 1, : (width - 1) * strides + 1, :]
-
-
 def _input_grad(upstream, kernel, input_shape, strides):
-    """Gradient for the input: the transposed convolution, cropped to the input."""
-    _, height, width, _ = input_shape
+    """Gradient for the input: the transposed convolution, cropped to the input.
+
+    Computed per output phase (rows and columns modulo `strides`): phase
+    `(a, b)` of the padded input's gradient is a shifted sum of the upstream
+    gradient with the taps `(i, j) = (a, b) mod strides`; the phases are then
+    interleaved by one reshape. No zero-dilated copy of the upstream gradient
+    is made (for stride 2 that is 4x the work, and XLA CPU copies it first).
+    """
+    batch, height, width, channels = input_shape
+    batch = -1 if batch is None else batch
+    _, out_height, out_width, _ = upstream.shape
     size_h, size_w = kernel.shape[0], kernel.shape[1]
     (top, _), _ = same_padding(height, size_h, strides)
     (left, _), _ = same_padding(width, size_w, strides)
-    grad = _dilate(upstream, strides)
-    grad = ops.pad(grad, ((0, 0), (size_h - 1, size_h - 1), (size_w - 1, size_w - 1), (0, 0)))
-    flipped = ops.flip(ops.flip(kernel, 0), 1)
-    full = _shifted_sum(grad, flipped, 1, grad.shape[1] - size_h + 1, grad.shape[2] - size_w + 1)
+    # Rows and columns per phase: the padded input has (out - 1) * s + k of them.
+    rows = -(-((out_height - 1) * strides + size_h) // strides)
+    cols = -(-((out_width - 1) * strides + size_w) // strides)
+    reach_h, reach_w = (size_h - 1) // strides, (size_w - 1) // strides
+    grad = ops.pad(
+        upstream,
+        ((0, 0), (reach_h, rows - out_height), (reach_w, cols - out_width), (0, 0)),
+    )
+    phases = []
+    for a in range(strides):
+        for b in range(strides):
+            phase = None
+            for i in range(a, size_h, strides):
+                for j in range(b, size_w, strides):
+                    di, dj = reach_h - (i - a) // strides, reach_w - (j - b) // strides
+                    term = grad[:, di : di + rows, dj : dj + cols, :] * kernel[i, j, :, 0]
+                    phase = term if phase is None else phase + term
+            phases.append(phase)
+    if strides == 1:
+        full = phases[0]
+    else:
+        full = ops.stack(phases, axis=3)  # (B, rows, cols, a * strides + b, C)
+        full = ops.reshape(full, (batch, rows, cols, strides, strides, channels))
+        full = ops.reshape(
+            ops.transpose(full, (0, 1, 3, 2, 4, 5)),
+            (batch, rows * strides, cols * strides, channels),
+        )
     return full[:, top : top + height, left : left + width, :]
 
 
