@@ -5,9 +5,9 @@ MaxViT-T's stage-1 maps, forward and backward), so under JAX and TensorFlow
 MBConv runs its depthwise conv as a sum of shifted, scaled copies of the
 input, which XLA fuses into one loop. Left to automatic differentiation, the
 kernel gradient of that sum is nine reductions over sliced inputs, which XLA
-CPU does not fuse (it copies every slice first): 2-4x the forward and
-backward of the rest of the block. `depthwise_conv_same` therefore carries
-its own gradient:
+CPU does not fuse (it copies every slice first): on a MaxViT-T stage-1 block
+as long as the forward and backward of the rest of the block together.
+`depthwise_conv_same` therefore carries its own gradient:
 
 - input gradient: the transposed convolution, again shifted sums of the
   upstream gradient, one per output phase (rows and columns modulo the
@@ -15,6 +15,11 @@ its own gradient:
 - kernel gradient: for each tap, the products of upstream gradient and
   shifted input are summed over the output rows by explicit adds (one fused
   loop over row slices), then over batch and columns by one reduction.
+  The adds are unrolled over the output rows, so the traced graph grows
+  with the map's height (56 rows at stage 1 of a 224 model).
+
+Measured with JAX `jit` on a 2-core CPU, forward + backward: (8, 56, 56, 256)
+78 -> 33 ms; stride 2 on (8, 112, 112, 256) 149 -> 81 ms.
 """
 
 import keras
