@@ -48,11 +48,16 @@ def _shifted_sum(padded, kernel, strides, out_height, out_width):
     return out
 
 
-def _forward(x, kernel, strides):
+def _pad_same(x, kernel_shape, strides):
+    """`x` padded as TensorFlow "same" does, and the output's height and width."""
     _, height, width, _ = x.shape
-    pad_h, out_height = same_padding(height, kernel.shape[0], strides)
-    pad_w, out_width = same_padding(width, kernel.shape[1], strides)
-    padded = ops.pad(x, ((0, 0), pad_h, pad_w, (0, 0)))
+    pad_h, out_height = same_padding(height, kernel_shape[0], strides)
+    pad_w, out_width = same_padding(width, kernel_shape[1], strides)
+    return ops.pad(x, ((0, 0), pad_h, pad_w, (0, 0))), out_height, out_width
+
+
+def _forward(x, kernel, strides):
+    padded, out_height, out_width = _pad_same(x, kernel.shape, strides)
     return _shifted_sum(padded, kernel, strides, out_height, out_width)
 
 
@@ -103,23 +108,20 @@ def _input_grad(upstream, kernel, input_shape, strides):
 
 def _kernel_grad(x, upstream, kernel_shape, strides):
     """Gradient for the kernel, `(k, k, C, 1)`; accumulated in float32 for half types."""
-    _, height, width, channels = x.shape
-    size_h, size_w = kernel_shape[0], kernel_shape[1]
-    pad_h, out_height = same_padding(height, size_h, strides)
-    pad_w, out_width = same_padding(width, size_w, strides)
+    size_h, size_w, channels, _ = kernel_shape
     if keras.backend.standardize_dtype(x.dtype) in LOW_PRECISION:
         x, upstream = ops.cast(x, "float32"), ops.cast(upstream, "float32")
-    padded = ops.pad(x, ((0, 0), pad_h, pad_w, (0, 0)))
+    padded, out_height, out_width = _pad_same(x, kernel_shape, strides)
     span_w = (out_width - 1) * strides + 1
     taps = []
     for i in range(size_h):
         for j in range(size_w):
-            rows = None  # (B, out_width, C): this tap's products summed over output rows
+            summed = None  # (B, out_width, C): this tap's products summed over output rows
             for row in range(out_height):
                 window = padded[:, i + row * strides, j : j + span_w : strides, :]
                 term = window * upstream[:, row]
-                rows = term if rows is None else rows + term
-            taps.append(rows)
+                summed = term if summed is None else summed + term
+            taps.append(summed)
     grad = ops.sum(ops.stack(taps), axis=(1, 2))  # (k * k, C)
     return ops.reshape(grad, (size_h, size_w, channels, 1))
 

@@ -20,8 +20,11 @@ def flat_matmul(x, kernel):
     return ops.reshape(y, sizes + (kernel.shape[-1],))
 
 
-def project(layer, x):
+def project(layer, x, columns: slice | None = None):
     """A `Dense` or 1x1 `Conv2D` layer's weights applied to the last axis of `x`.
+
+    With `columns`, only those output channels (a slice of the kernel's
+    columns and of the bias) are computed.
 
     Equal to `layer(x)` for those layers without activation, as a 2-D
     matmul (`flat_matmul`) and without the NHWC <-> NCHW transposes the
@@ -31,7 +34,12 @@ def project(layer, x):
     quantization.
     """
     kernel = ops.cast(layer.kernel, x.dtype)
-    x = flat_matmul(x, ops.reshape(kernel, kernel.shape[-2:]))
-    if layer.use_bias:
-        x = x + ops.cast(layer.bias, x.dtype)
+    kernel = ops.reshape(kernel, kernel.shape[-2:])
+    bias = layer.bias if layer.use_bias else None
+    if columns is not None:
+        kernel = kernel[:, columns]
+        bias = None if bias is None else bias[columns]
+    x = flat_matmul(x, kernel)
+    if bias is not None:
+        x = x + ops.cast(bias, x.dtype)
     return x
