@@ -193,6 +193,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.weights.lower() == "none":
         args.weights = None
+    if args.image_size < 32 or args.image_size % 32:
+        # The FPN head adds each level to the 2x upsampled level above it.
+        parser.error(f"--image-size must be a multiple of 32. Received: {args.image_size}")
     if args.variant == "nano" and args.weights is not None and not os.path.isfile(args.weights):
         parser.error(
             "there are no pretrained nano weights: use --variant tiny (or larger) with "

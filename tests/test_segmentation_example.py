@@ -61,3 +61,11 @@ def test_short_training_run_beats_the_all_background_baseline(segmentation, tmp_
     assert result["mean_iou"] > result["baseline_iou"] + 0.15, result
     # Shapes are found: background is better than "everything is background".
     assert result["iou_per_class"]["background"] > 0.9, result
+
+
+@pytest.mark.parametrize("size", ["100", "16"])
+def test_image_size_not_a_multiple_of_32_is_refused(segmentation, size, capsys):
+    with pytest.raises(SystemExit) as error:
+        segmentation.parse_args(["--image-size", size])
+    assert error.value.code == 2
+    assert f"--image-size must be a multiple of 32. Received: {size}" in capsys.readouterr().err
