@@ -20,7 +20,8 @@ from keras_maxvit.layers import (
     RelativePositionAttention,
     StochasticDepth,
 )
-from keras_maxvit.layers.depthwise import depthwise_conv_same
+from keras_maxvit.layers.batch_norm import _normalize_with_gradient, batch_norm_train
+from keras_maxvit.layers.depthwise import depthwise_conv_channels_first, depthwise_conv_same
 from keras_maxvit.timm_convert import convert_state_dict, timm_key
 
 LAYER_CASES = [
@@ -193,7 +194,8 @@ def test_attention_matches_numpy(partition_type, size, shape):
 
 def _load_from_timm(layer, module, prefix):
     """Copies a timm module's tensors into a standalone Keras block layer."""
-    state = convert_state_dict({k: v.numpy() for k, v in module.state_dict().items()})
+    # Copies: on PyTorch, Keras variables could otherwise share timm's memory.
+    state = convert_state_dict({k: v.numpy().copy() for k, v in module.state_dict().items()})
     for variable in layer.weights:
         variable.assign(state[timm_key(variable.path).removeprefix(prefix)])
 
@@ -220,6 +222,133 @@ def test_mbconv_matches_timm(in_channels, filters, strides, size):
     _load_from_timm(layer, reference, "stages.0.blocks.0.conv.")
     x = _inputs(shape)
     np.testing.assert_allclose(to_numpy(layer(x)), _timm_nchw(reference, x), atol=1e-4)
+
+
+@pytest.mark.parametrize("in_channels,filters,strides,size", [(16, 32, 2, 8), (8, 8, 1, 6)])
+def test_mbconv_training_matches_timm(in_channels, filters, strides, size):
+    # Training mode: batch statistics (MBConv's own BatchNorm arithmetic on
+    # PyTorch), the input gradient and the moving-statistics update.
+    import torch
+    from timm.models.maxxvit import MaxxVitConvCfg, MbConvBlock
+
+    cfg = MaxxVitConvCfg(norm_eps=1e-3, act_layer="gelu_tanh", padding="same")
+    reference = MbConvBlock(in_channels, filters, stride=strides, cfg=cfg)
+    perturb_timm_model(reference)
+    layer = MBConv(filters, strides=strides, name="stage0_block0_mbconv")
+    shape = (4, size, size, in_channels)
+    layer.build(shape)
+    _load_from_timm(layer, reference, "stages.0.blocks.0.conv.")
+    x = _inputs(shape) * 2.0 + 0.5
+    out_size = -(-size // strides)
+    upstream = _inputs((4, out_size, out_size, filters), seed=1)
+    start_mean = to_numpy(layer.pre_norm.moving_mean).copy()
+
+    reference.train()
+    x_nchw = torch.tensor(x.transpose(0, 3, 1, 2), requires_grad=True)
+    want = reference(x_nchw)
+    (want * torch.from_numpy(upstream.transpose(0, 3, 1, 2))).sum().backward()
+    want_grad = x_nchw.grad.numpy().transpose(0, 2, 3, 1)
+    want = want.detach().numpy().transpose(0, 2, 3, 1)
+
+    trainable = [v.value for v in layer.trainable_variables]
+    non_trainable = [v.value for v in layer.non_trainable_variables]
+
+    def loss(x):
+        out, _ = layer.stateless_call(trainable, non_trainable, x, training=True)
+        return keras.ops.sum(out * keras.ops.convert_to_tensor(upstream))
+
+    np.testing.assert_allclose(to_numpy(layer(x, training=True)), want, rtol=1e-4, atol=1e-4)
+    (grad,) = _backend_grads(loss, x)
+    np.testing.assert_allclose(to_numpy(grad), want_grad, rtol=1e-4, atol=1e-4)
+    # The moving mean after one step (as the Keras layer: momentum 0.99).
+    np.testing.assert_allclose(
+        to_numpy(layer.pre_norm.moving_mean),
+        start_mean * 0.99 + x.reshape(-1, in_channels).mean(0) * 0.01,
+        rtol=1e-5,
+        atol=1e-6,
+    )
+
+
+def test_mbconv_frozen_batch_norm_uses_moving_statistics():
+    # A frozen BatchNorm (trainable=False) normalizes with its moving
+    # statistics also in training mode, as Keras layers do; here folded.
+    layer = MBConv(8, name="mbconv")
+    layer.build((2, 6, 6, 8))
+    rng = np.random.default_rng(4)
+    for variable in layer.weights:
+        variable.assign(rng.uniform(0.5, 1.5, size=variable.shape))
+    x = _inputs((2, 6, 6, 8))
+    batch_statistics = to_numpy(layer(x, training=True))  # also moves the statistics
+    inference = to_numpy(layer(x, training=False))
+    assert not np.allclose(batch_statistics, inference, atol=1e-3)
+    for norm in (layer.pre_norm, layer.norm1, layer.norm2):
+        norm.trainable = False
+    before = [to_numpy(v).copy() for v in layer.non_trainable_weights]
+    np.testing.assert_allclose(to_numpy(layer(x, training=True)), inference, rtol=1e-5, atol=1e-5)
+    for old, variable in zip(before, layer.non_trainable_weights, strict=True):
+        np.testing.assert_array_equal(to_numpy(variable), old)
+
+
+def test_batch_norm_train_matches_autodiff_of_keras_formula():
+    # The closed-form gradient (x, gamma, beta) against automatic
+    # differentiation of Keras' own batch normalization with batch moments.
+    rng = np.random.default_rng(5)
+    x = (rng.normal(size=(3, 4, 5, 6)) * 2.0 + 1.0).astype("float32")
+    gamma = rng.uniform(0.5, 1.5, size=6).astype("float32")
+    beta = rng.normal(size=6).astype("float32")
+    upstream = keras.ops.convert_to_tensor(rng.normal(size=x.shape).astype("float32"))
+    axes = (0, 1, 2)
+
+    def reference(x, gamma, beta):
+        x, gamma, beta = (keras.ops.convert_to_tensor(t) for t in (x, gamma, beta))
+        mean, variance = keras.ops.moments(x, axes)
+        out = keras.ops.batch_normalization(x, mean, variance, -1, beta, gamma, 1e-3)
+        return keras.ops.sum(out * upstream)
+
+    def lean(x, gamma, beta):
+        x, gamma, beta = (keras.ops.convert_to_tensor(t) for t in (x, gamma, beta))
+        mean, variance = keras.ops.moments(keras.ops.stop_gradient(x), axes)
+        out = _normalize_with_gradient(x, mean, variance, gamma, beta, 1e-3)
+        return keras.ops.sum(out * upstream)
+
+    np.testing.assert_allclose(
+        to_numpy(lean(x, gamma, beta)), to_numpy(reference(x, gamma, beta)), rtol=1e-5
+    )
+    for got, want in zip(
+        _backend_grads(lean, x, gamma, beta),
+        _backend_grads(reference, x, gamma, beta),
+        strict=True,
+    ):
+        np.testing.assert_allclose(to_numpy(got), to_numpy(want), rtol=1e-4, atol=1e-4)
+
+    # The layer entry point: output and moving statistics as the Keras layer.
+    norms = [keras.layers.BatchNormalization(epsilon=1e-3) for _ in range(2)]
+    for norm in norms:
+        norm.build(x.shape)
+        norm.gamma.assign(gamma)
+        norm.beta.assign(beta)
+    np.testing.assert_allclose(
+        to_numpy(batch_norm_train(norms[0], x)),
+        to_numpy(norms[1](x, training=True)),
+        rtol=1e-5,
+        atol=1e-5,
+    )
+    for ours, keras_layer in zip(
+        norms[0].non_trainable_weights, norms[1].non_trainable_weights, strict=True
+    ):
+        np.testing.assert_allclose(to_numpy(ours), to_numpy(keras_layer), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("strides", [1, 2])
+@pytest.mark.parametrize("size", [(8, 8), (7, 10)])
+def test_channels_first_depthwise_conv_equals_depthwise_conv(strides, size):
+    # PyTorch's depthwise path (a channels-first conv on a transposed view).
+    rng = np.random.default_rng(6)
+    x = rng.normal(size=(2, *size, 5)).astype("float32")
+    kernel = rng.normal(size=(3, 3, 5, 1)).astype("float32")
+    want = keras.ops.depthwise_conv(x, kernel, strides, padding="same")
+    got = depthwise_conv_channels_first(x, kernel, strides)
+    np.testing.assert_allclose(to_numpy(got), to_numpy(want), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("partition_type", ["block", "grid"])

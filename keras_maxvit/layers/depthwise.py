@@ -126,6 +126,26 @@ def _kernel_grad(x, upstream, kernel_shape, strides):
     return ops.reshape(grad, (size_h, size_w, channels, 1))
 
 
+def depthwise_conv_channels_first(x, kernel, strides: int):
+    """`ops.depthwise_conv(x, kernel, strides, padding="same")` of a `(B, H, W, C)`
+    map, run as a channels-first conv on a transposed view.
+
+    For PyTorch: Keras' channels-last conv there copies the map to NCHW and
+    then to channels-last memory again. The transposed view of a contiguous
+    NHWC map already is an NCHW tensor in channels-last memory, which the
+    CPU (oneDNN) and cuDNN kernels read in place; the output transposed back
+    is a contiguous NHWC map. Forward of a MaxViT-T stage-1 conv, batch 8,
+    2-core CPU: 22 -> 1.6 ms; stride 2 on (8, 112, 112, 256): 118 -> 33 ms.
+    """
+    padding = "same"
+    if strides != 1:  # TensorFlow's padding may be uneven: done here, in NHWC
+        x, _, _ = _pad_same(x, kernel.shape, strides)
+        padding = "valid"
+    x = ops.transpose(x, (0, 3, 1, 2))
+    x = ops.depthwise_conv(x, kernel, strides, padding=padding, data_format="channels_first")
+    return ops.transpose(x, (0, 2, 3, 1))
+
+
 def depthwise_conv_same(x, kernel, strides: int):
     """Depthwise conv with TensorFlow "same" padding as a sum of shifted inputs.
 

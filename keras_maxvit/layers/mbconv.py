@@ -4,15 +4,24 @@ import keras
 from keras import ops
 
 from keras_maxvit.layers.activations import gelu_tanh
-from keras_maxvit.layers.depthwise import depthwise_conv_same
-from keras_maxvit.layers.linear import project
+from keras_maxvit.layers.batch_norm import (
+    batch_norm_affine,
+    batch_norm_train,
+    uses_moving_statistics,
+)
+from keras_maxvit.layers.depthwise import depthwise_conv_channels_first, depthwise_conv_same
+from keras_maxvit.layers.linear import flat_matmul, project
 from keras_maxvit.layers.remat import check_remat, remat_call
 from keras_maxvit.layers.stochastic_depth import StochasticDepth, check_rate
 
 # XLA's CPU depthwise convolution is slow: under JAX and TensorFlow the 3x3
 # depthwise conv runs as a sum of shifted inputs with its own gradient (see
-# `depthwise.py`). PyTorch keeps its native kernel (faster there).
+# `depthwise.py`). PyTorch keeps its native kernel, on a transposed view
+# (`depthwise_conv_channels_first`: no layout copies).
 SHIFTED_DEPTHWISE_BACKENDS = ("jax", "tensorflow")
+# Backends where training-mode BatchNorm runs as `batch_norm_train` (eager
+# PyTorch; XLA fuses Keras' own formula as well).
+LEAN_BATCH_NORM_BACKENDS = ("torch",)
 
 
 @keras.saving.register_keras_serializable(package="keras_maxvit")
@@ -156,15 +165,8 @@ class MBConv(keras.layers.Layer):
         if self.shortcut_expand is not None:
             shortcut = project(self.shortcut_expand, shortcut)
 
-        x = self.pre_norm(inputs, training=training)
-        x = project(self.conv1_1x1, x)
-        x = gelu_tanh(self.norm1(x, training=training))
-        static_size = x.shape[1] is not None and x.shape[2] is not None
-        if keras.backend.backend() in SHIFTED_DEPTHWISE_BACKENDS and static_size:
-            x = depthwise_conv_same(x, ops.cast(self.conv2_kxk.kernel, x.dtype), self.strides)
-        else:
-            x = self.conv2_kxk(x)
-        x = gelu_tanh(self.norm2(x, training=training))
+        x = gelu_tanh(self._expand(inputs, training))
+        x = gelu_tanh(self._depthwise(x, training))
 
         scale = ops.mean(x, axis=(1, 2), keepdims=True)
         scale = ops.silu(project(self.se_fc1, scale))
@@ -172,6 +174,58 @@ class MBConv(keras.layers.Layer):
 
         x = project(self.conv3_1x1, x)
         return shortcut + self.drop_path(x, training=training)
+
+    def _expand(self, inputs, training):
+        """`norm1(conv1_1x1(pre_norm(inputs)))`, the norms folded into the
+        matmul where they use their moving statistics (inference, or frozen)."""
+        # Folded in float32 (the norms' statistics are float32 under mixed precision).
+        kernel = ops.cast(self.conv1_1x1.kernel, "float32")
+        kernel = ops.reshape(kernel, kernel.shape[-2:])
+        bias = None
+        x = inputs
+        if uses_moving_statistics(self.pre_norm, training):
+            scale, offset = batch_norm_affine(self.pre_norm)
+            bias = ops.matmul(offset[None], kernel)[0]
+            kernel = kernel * scale[:, None]
+        else:
+            x = self._normalize(self.pre_norm, x, training)
+        fold_norm1 = uses_moving_statistics(self.norm1, training)
+        if fold_norm1:
+            scale, offset = batch_norm_affine(self.norm1)
+            kernel = kernel * scale
+            bias = offset if bias is None else bias * scale + offset
+        x = flat_matmul(x, ops.cast(kernel, x.dtype))
+        if bias is not None:
+            x = x + ops.cast(bias, x.dtype)
+        return x if fold_norm1 else self._normalize(self.norm1, x, training)
+
+    def _depthwise(self, x, training):
+        """`norm2(conv2_kxk(x))`, the norm folded into the kernel where it uses
+        its moving statistics."""
+        kernel = ops.cast(self.conv2_kxk.kernel, "float32")
+        fold = uses_moving_statistics(self.norm2, training)
+        if fold:
+            scale, offset = batch_norm_affine(self.norm2)
+            kernel = kernel * scale[:, None]
+        kernel = ops.cast(kernel, x.dtype)
+        static_size = x.shape[1] is not None and x.shape[2] is not None
+        backend = keras.backend.backend()
+        if backend in SHIFTED_DEPTHWISE_BACKENDS and static_size:
+            x = depthwise_conv_same(x, kernel, self.strides)
+        elif backend == "torch":
+            x = depthwise_conv_channels_first(x, kernel, self.strides)
+        else:
+            x = ops.depthwise_conv(x, kernel, self.strides, padding="same")
+        if fold:
+            return x + ops.cast(offset, x.dtype)
+        return self._normalize(self.norm2, x, training)
+
+    @staticmethod
+    def _normalize(norm, x, training):
+        """`norm(x, training=training)` for a norm with batch statistics."""
+        if keras.backend.backend() in LEAN_BATCH_NORM_BACKENDS:
+            return batch_norm_train(norm, x)
+        return norm(x, training=training)
 
     def compute_output_shape(self, input_shape):
         batch, height, width, _ = input_shape
