@@ -308,7 +308,9 @@ class RelativePositionAttention(keras.layers.Layer):
             bias = bias + mask
         weights = ops.softmax(logits + bias, axis=-1)
         weights = ops.reshape(weights, (-1, heads, tokens, tokens))
-        weights = self.dropout(ops.cast(weights, value.dtype), training=training)
+        weights = ops.cast(weights, value.dtype)
+        if training and self.attention_dropout > 0.0:
+            weights = self.dropout(weights, training=training)
         out = ops.einsum("nhqk,nhkd->nhqd", weights, value)  # (N, heads, T, head)
 
         out = self._merge_groups(out, group_rows, group_cols)

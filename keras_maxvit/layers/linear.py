@@ -1,5 +1,6 @@
 """Per-pixel (per-token) linear maps as one 2-D matmul."""
 
+import keras
 from keras import ops
 
 
@@ -11,6 +12,8 @@ def flat_matmul(x, kernel):
     contraction over three axes that it runs ~2x slower than the 2-D one
     (MaxViT-T's stage-1 1x1 convs: forward + backward 103 ms -> 46 ms).
     """
+    if keras.backend.backend() == "torch":
+        return ops.matmul(x, kernel)  # folded to 2-D by PyTorch itself, without copies
     lead = x.shape[:-1]
     y = ops.matmul(ops.reshape(x, (-1, x.shape[-1])), kernel)
     if all(size is not None for size in lead[1:]):
@@ -34,7 +37,8 @@ def project(layer, x, columns: slice | None = None):
     quantization.
     """
     kernel = ops.cast(layer.kernel, x.dtype)
-    kernel = ops.reshape(kernel, kernel.shape[-2:])
+    if len(kernel.shape) > 2:  # a 1x1 Conv2D kernel
+        kernel = ops.reshape(kernel, kernel.shape[-2:])
     bias = layer.bias if layer.use_bias else None
     if columns is not None:
         kernel = kernel[:, columns]

@@ -12,7 +12,7 @@ from keras_maxvit.layers.batch_norm import (
 from keras_maxvit.layers.depthwise import depthwise_conv_channels_first, depthwise_conv_same
 from keras_maxvit.layers.linear import flat_matmul, project
 from keras_maxvit.layers.remat import check_remat, remat_call
-from keras_maxvit.layers.stochastic_depth import StochasticDepth, check_rate
+from keras_maxvit.layers.stochastic_depth import StochasticDepth, check_rate, drop_path
 
 # XLA's CPU depthwise convolution is slow: under JAX and TensorFlow the 3x3
 # depthwise conv runs as a sum of shifted inputs with its own gradient (see
@@ -173,7 +173,7 @@ class MBConv(keras.layers.Layer):
         x = x * ops.sigmoid(project(self.se_fc2, scale))
 
         x = project(self.conv3_1x1, x)
-        return shortcut + self.drop_path(x, training=training)
+        return shortcut + drop_path(self.drop_path, x, training)
 
     def _expand(self, inputs, training):
         """`norm1(conv1_1x1(pre_norm(inputs)))`, the norms folded into the

@@ -54,3 +54,12 @@ class StochasticDepth(keras.layers.Layer):
         config = super().get_config()
         config.update({"rate": self.rate, "seed": self.seed})
         return config
+
+
+def drop_path(layer, x, training):
+    """`layer(x, training=training)` for a `StochasticDepth` layer, skipping
+    the call (and its per-call overhead in eager PyTorch) where it is the
+    identity."""
+    if training and layer.rate > 0.0:
+        return layer(x, training=training)
+    return x

@@ -9,7 +9,7 @@ from keras_maxvit.layers.attention import (
 )
 from keras_maxvit.layers.linear import project
 from keras_maxvit.layers.remat import check_remat, remat_call
-from keras_maxvit.layers.stochastic_depth import StochasticDepth, check_rate
+from keras_maxvit.layers.stochastic_depth import StochasticDepth, check_rate, drop_path
 
 
 @keras.saving.register_keras_serializable(package="keras_maxvit")
@@ -103,11 +103,10 @@ class PartitionAttentionBlock(keras.layers.Layer):
         return self._forward(inputs, training)
 
     def _forward(self, inputs, training):
-        x = inputs + self.drop_path1(
-            self.attn(self.norm1(inputs), training=training), training=training
-        )
+        attended = self.attn(self.norm1(inputs), training=training)
+        x = inputs + drop_path(self.drop_path1, attended, training)
         hidden = gelu_tanh(project(self.mlp_fc1, self.norm2(x)))
-        return x + self.drop_path2(project(self.mlp_fc2, hidden), training=training)
+        return x + drop_path(self.drop_path2, project(self.mlp_fc2, hidden), training)
 
     def compute_output_shape(self, input_shape):
         return input_shape
