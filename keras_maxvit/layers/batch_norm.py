@@ -6,11 +6,12 @@ checkpoints and `.keras` files are unchanged); MBConv computes with them:
 - with moving statistics (inference, or a frozen layer) the normalization is
   an affine map per channel, folded into the neighbouring matmul or conv
   kernel (`batch_norm_affine`), so it costs no pass over the feature map;
-- with batch statistics on PyTorch, `batch_norm_train` normalizes in two
-  elementwise passes and has its own gradient (the closed form, six passes).
-  Automatic differentiation of Keras' formula makes about seventeen in eager
-  PyTorch: BatchNorm was 520 ms of a 2.76 s MaxViT-T training step (batch 8,
-  2-core CPU).
+- with batch statistics on PyTorch, `batch_norm_train` normalizes with
+  in-place passes (one new buffer) and has its own, closed-form gradient.
+  Automatic differentiation of Keras' formula makes many more passes in eager
+  PyTorch, each into a fresh buffer: BatchNorm was 520 ms of a 2.76 s MaxViT-T
+  training step (batch 8, 2-core CPU); forward + backward of one
+  (8, 56, 56, 256) BatchNorm went from 40 to 17 ms.
 """
 
 from keras import ops
