@@ -22,6 +22,7 @@ from keras_maxvit.layers import (
 )
 from keras_maxvit.layers.batch_norm import _normalize_with_gradient, batch_norm_train
 from keras_maxvit.layers.depthwise import depthwise_conv_channels_first, depthwise_conv_same
+from keras_maxvit.layers.linear import flat_matmul
 from keras_maxvit.timm_convert import convert_state_dict, timm_key
 
 LAYER_CASES = [
@@ -337,6 +338,36 @@ def test_batch_norm_train_matches_autodiff_of_keras_formula():
         norms[0].non_trainable_weights, norms[1].non_trainable_weights, strict=True
     ):
         np.testing.assert_allclose(to_numpy(ours), to_numpy(keras_layer), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("shape", [(2, 16, 16, 8), (2, 3, 5, 8), (7, 8)])
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float16"])
+def test_flat_matmul_matches_numpy(shape, dtype):
+    # Every projection goes through flat_matmul: a 2-D matmul under XLA, and on
+    # PyTorch a 1x1 conv on a channels-last view for maps of >= 256 pixels
+    # (the first shape) or a matmul. Value and gradients against NumPy.
+    rng = np.random.default_rng(7)
+    x = rng.normal(size=shape).astype("float32")
+    kernel = rng.normal(size=(8, 12)).astype("float32")
+    upstream = rng.normal(size=shape[:-1] + (12,)).astype("float32")
+    got = flat_matmul(keras.ops.cast(x, dtype), keras.ops.cast(kernel, dtype))
+    assert keras.backend.standardize_dtype(got.dtype) == dtype
+    tolerance = 1e-5 if dtype == "float32" else 5e-2
+    scale = np.abs(x @ kernel).max()
+    np.testing.assert_allclose(
+        to_numpy(keras.ops.cast(got, "float32")), x @ kernel, atol=tolerance * scale
+    )
+    if dtype != "float32":
+        return
+
+    def loss(x, kernel):
+        out = flat_matmul(x, kernel)
+        return keras.ops.sum(out * keras.ops.convert_to_tensor(upstream))
+
+    grad_x, grad_kernel = _backend_grads(loss, x, kernel)
+    flat_x, flat_up = x.reshape(-1, 8), upstream.reshape(-1, 12)
+    np.testing.assert_allclose(to_numpy(grad_x), upstream @ kernel.T, rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(to_numpy(grad_kernel), flat_x.T @ flat_up, rtol=1e-5, atol=1e-4)
 
 
 @pytest.mark.parametrize("strides", [1, 2])

@@ -1,7 +1,29 @@
-"""Per-pixel (per-token) linear maps as one 2-D matmul."""
+"""Per-pixel (per-token) linear maps: a 2-D matmul (XLA) or a 1x1 conv (PyTorch)."""
 
 import keras
 from keras import ops
+
+# On PyTorch, maps of at least this many pixels (batch x height x width) are
+# projected by a 1x1 convolution on a channels-last view (oneDNN): 1.4-2.4x
+# faster than `matmul` (MKL) for MaxViT-T's projections at batch 8, forward
+# and backward, on a 2-core AVX-512 CPU. Below it (batch-1 7x7 maps), the
+# per-call weight reordering of the convolution costs more than it saves.
+CONV_MIN_PIXELS = 256
+
+
+def pointwise_conv(x, kernel):
+    """`x @ kernel` for a `(B, H, W, C_in)` map as a 1x1 convolution.
+
+    The conv runs channels-first on a transposed view of the map (which is
+    channels-last memory to PyTorch, so nothing is copied), with the kernel
+    laid out as a contiguous `(C_out, C_in)` matrix, the layout the
+    convolution's weight reordering is fastest from.
+    """
+    c_in, c_out = kernel.shape
+    kernel = ops.reshape(ops.reshape(ops.transpose(kernel), (-1,)), (c_out, c_in))
+    kernel = ops.reshape(ops.transpose(kernel), (1, 1, c_in, c_out))
+    y = ops.conv(ops.transpose(x, (0, 3, 1, 2)), kernel, data_format="channels_first")
+    return ops.transpose(y, (0, 2, 3, 1))
 
 
 def flat_matmul(x, kernel):
@@ -13,6 +35,12 @@ def flat_matmul(x, kernel):
     (MaxViT-T's stage-1 1x1 convs: forward + backward 103 ms -> 46 ms).
     """
     if keras.backend.backend() == "torch":
+        sizes = x.shape[:-1]
+        # Plain ints only: a symbolic size (torch.export with a dynamic batch)
+        # would otherwise become a guard on the batch size.
+        known = len(sizes) == 3 and all(type(size) is int for size in sizes)
+        if known and sizes[0] * sizes[1] * sizes[2] >= CONV_MIN_PIXELS:
+            return pointwise_conv(x, kernel)
         return ops.matmul(x, kernel)  # folded to 2-D by PyTorch itself, without copies
     lead = x.shape[:-1]
     y = ops.matmul(ops.reshape(x, (-1, x.shape[-1])), kernel)
