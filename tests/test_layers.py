@@ -208,19 +208,25 @@ def _timm_nchw(module, x):
         return module(torch.from_numpy(x.transpose(0, 3, 1, 2))).numpy().transpose(0, 2, 3, 1)
 
 
-@pytest.mark.parametrize(
-    "in_channels,filters,strides,size", [(16, 32, 2, 8), (32, 32, 1, 6), (8, 8, 2, 6)]
-)
-def test_mbconv_matches_timm(in_channels, filters, strides, size):
+def _mbconv_and_timm(in_channels, filters, strides, shape):
+    """A perturbed timm `MbConvBlock` and an `MBConv` built for `shape` holding its weights."""
     from timm.models.maxxvit import MaxxVitConvCfg, MbConvBlock
 
     cfg = MaxxVitConvCfg(norm_eps=1e-3, act_layer="gelu_tanh", padding="same")
     reference = MbConvBlock(in_channels, filters, stride=strides, cfg=cfg)
     perturb_timm_model(reference)
     layer = MBConv(filters, strides=strides, name="stage0_block0_mbconv")
-    shape = (2, size, size, in_channels)
     layer.build(shape)
     _load_from_timm(layer, reference, "stages.0.blocks.0.conv.")
+    return layer, reference
+
+
+@pytest.mark.parametrize(
+    "in_channels,filters,strides,size", [(16, 32, 2, 8), (32, 32, 1, 6), (8, 8, 2, 6)]
+)
+def test_mbconv_matches_timm(in_channels, filters, strides, size):
+    shape = (2, size, size, in_channels)
+    layer, reference = _mbconv_and_timm(in_channels, filters, strides, shape)
     x = _inputs(shape)
     np.testing.assert_allclose(to_numpy(layer(x)), _timm_nchw(reference, x), atol=1e-4)
 
@@ -230,15 +236,9 @@ def test_mbconv_training_matches_timm(in_channels, filters, strides, size):
     # Training mode: batch statistics (MBConv's own BatchNorm arithmetic on
     # PyTorch), the input gradient and the moving-statistics update.
     import torch
-    from timm.models.maxxvit import MaxxVitConvCfg, MbConvBlock
 
-    cfg = MaxxVitConvCfg(norm_eps=1e-3, act_layer="gelu_tanh", padding="same")
-    reference = MbConvBlock(in_channels, filters, stride=strides, cfg=cfg)
-    perturb_timm_model(reference)
-    layer = MBConv(filters, strides=strides, name="stage0_block0_mbconv")
     shape = (4, size, size, in_channels)
-    layer.build(shape)
-    _load_from_timm(layer, reference, "stages.0.blocks.0.conv.")
+    layer, reference = _mbconv_and_timm(in_channels, filters, strides, shape)
     x = _inputs(shape) * 2.0 + 0.5
     out_size = -(-size // strides)
     upstream = _inputs((4, out_size, out_size, filters), seed=1)

@@ -14,9 +14,10 @@ checkpoints and `.keras` files are unchanged); MBConv computes with them:
   (8, 56, 56, 256) BatchNorm went from 40 to 17 ms.
 """
 
+import keras
 from keras import ops
 
-LOW_PRECISION = ("float16", "bfloat16")
+from keras_maxvit.layers.depthwise import LOW_PRECISION
 
 
 def uses_moving_statistics(norm, training) -> bool:
@@ -84,7 +85,7 @@ def batch_norm_train(norm, x):
     arithmetic for half-precision inputs)."""
     x = ops.convert_to_tensor(x)
     dtype = x.dtype
-    if str(dtype).split(".")[-1] in LOW_PRECISION:
+    if keras.backend.standardize_dtype(dtype) in LOW_PRECISION:
         x = ops.cast(x, "float32")
     axes = tuple(range(x.ndim - 1))
     mean, variance = ops.moments(ops.stop_gradient(x), axes)
