@@ -23,6 +23,7 @@ from keras_maxvit.layers import (
 from keras_maxvit.layers.batch_norm import _normalize_with_gradient, batch_norm_train
 from keras_maxvit.layers.depthwise import depthwise_conv_channels_first, depthwise_conv_same
 from keras_maxvit.layers.linear import flat_matmul
+from keras_maxvit.layers.reduce import channel_moments, channel_sum, matmul_sums
 from keras_maxvit.timm_convert import convert_state_dict, timm_key
 
 LAYER_CASES = [
@@ -338,6 +339,36 @@ def test_batch_norm_train_matches_autodiff_of_keras_formula():
         norms[0].non_trainable_weights, norms[1].non_trainable_weights, strict=True
     ):
         np.testing.assert_allclose(to_numpy(ours), to_numpy(keras_layer), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("shape", [(3, 5, 7, 6), (2, 9, 4), (11, 3)])
+def test_channel_sum_and_moments_match_numpy(shape):
+    # TensorFlow on CPU sums as a matmul with a row of ones; elsewhere ops.sum.
+    assert matmul_sums() == (keras.backend.backend() == "tensorflow")
+    rng = np.random.default_rng(6)
+    x = (rng.normal(size=shape) * 3.0 + 2.0).astype("float32")
+    y = rng.normal(size=shape).astype("float32")
+    axes = tuple(range(len(shape) - 1))
+    x64, y64 = x.astype("float64"), y.astype("float64")
+    np.testing.assert_allclose(to_numpy(channel_sum(x)), x64.sum(axes), rtol=1e-5, atol=1e-4)
+    # A product computed in the same step (the case XLA reduces slowly).
+    product = channel_sum(keras.ops.convert_to_tensor(x) * keras.ops.convert_to_tensor(y))
+    np.testing.assert_allclose(to_numpy(product), (x64 * y64).sum(axes), rtol=1e-5, atol=1e-4)
+    mean, variance = channel_moments(keras.ops.convert_to_tensor(x))
+    np.testing.assert_allclose(to_numpy(mean), x64.mean(axes), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(to_numpy(variance), x64.var(axes), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="TensorFlow graphs only")
+def test_channel_moments_with_unknown_batch_size():
+    # Keras' TensorFlow trainer traces with an unknown batch size.
+    import tensorflow as tf
+
+    x = np.random.default_rng(7).normal(size=(5, 4, 3)).astype("float32")
+    moments = tf.function(channel_moments, input_signature=[tf.TensorSpec((None, 4, 3), "float32")])
+    mean, variance = moments(tf.constant(x))
+    np.testing.assert_allclose(mean.numpy(), x.mean((0, 1)), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(variance.numpy(), x.var((0, 1)), rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("shape", [(2, 16, 16, 8), (2, 3, 5, 8), (7, 8)])

@@ -18,6 +18,7 @@ import keras
 from keras import ops
 
 from keras_maxvit.layers.depthwise import LOW_PRECISION
+from keras_maxvit.layers.reduce import channel_moments, channel_sum
 
 
 def uses_moving_statistics(norm, training) -> bool:
@@ -53,7 +54,6 @@ def _normalize_with_gradient(x, mean, variance, gamma, beta, epsilon):
     The gradient for `x` is the total one (through the statistics too), so the
     statistics must come in without a gradient of their own.
     """
-    axes = tuple(range(x.ndim - 1))
 
     @ops.custom_gradient
     def normalize(x, mean, variance, gamma, beta):
@@ -64,10 +64,10 @@ def _normalize_with_gradient(x, mean, variance, gamma, beta, epsilon):
             if upstream is None:
                 (upstream,) = args
             count = ops.cast(ops.size(x), "float32") / x.shape[-1]
-            sum_g = ops.sum(upstream, axis=axes)
+            sum_g = channel_sum(upstream)
             mean_g = sum_g / count
             # mean(g * x_hat), x_hat the normalized input
-            mean_g_xhat = inv_std * (ops.sum(upstream * x, axis=axes) / count - mean * mean_g)
+            mean_g_xhat = inv_std * (channel_sum(upstream * x) / count - mean * mean_g)
             # dx = scale * (g - mean_g - x_hat * mean_g_xhat)
             slope = -inv_std * mean_g_xhat
             grad_x = (upstream + _affine(x, slope, -mean_g - slope * mean)) * scale
@@ -87,8 +87,7 @@ def batch_norm_train(norm, x):
     dtype = x.dtype
     if keras.backend.standardize_dtype(dtype) in LOW_PRECISION:
         x = ops.cast(x, "float32")
-    axes = tuple(range(x.ndim - 1))
-    mean, variance = ops.moments(ops.stop_gradient(x), axes)
+    mean, variance = channel_moments(ops.stop_gradient(x))
     momentum = norm.momentum
     norm.moving_mean.assign(norm.moving_mean * momentum + mean * (1.0 - momentum))
     norm.moving_variance.assign(norm.moving_variance * momentum + variance * (1.0 - momentum))

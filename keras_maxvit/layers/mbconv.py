@@ -19,9 +19,10 @@ from keras_maxvit.layers.stochastic_depth import StochasticDepth, check_rate, dr
 # `depthwise.py`). PyTorch keeps its native kernel, on a transposed view
 # (`depthwise_conv_channels_first`: no layout copies).
 SHIFTED_DEPTHWISE_BACKENDS = ("jax", "tensorflow")
-# Backends where training-mode BatchNorm runs as `batch_norm_train` (eager
-# PyTorch; XLA fuses Keras' own formula as well).
-LEAN_BATCH_NORM_BACKENDS = ("torch",)
+# Backends where training-mode BatchNorm runs as `batch_norm_train`: eager
+# PyTorch (fewer passes), and TensorFlow (its XLA reduces slowly on CPU, see
+# `reduce.py`). JAX's XLA fuses Keras' own formula as well.
+LEAN_BATCH_NORM_BACKENDS = ("torch", "tensorflow")
 
 
 @keras.saving.register_keras_serializable(package="keras_maxvit")
