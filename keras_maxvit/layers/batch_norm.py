@@ -67,7 +67,7 @@ def _normalize_with_gradient(x, mean, variance, gamma, beta, epsilon):
             sum_g = channel_sum(upstream)
             mean_g = sum_g / count
             # mean(g * x_hat), x_hat the normalized input
-            mean_g_xhat = inv_std * (channel_sum(upstream * x) / count - mean * mean_g)
+            mean_g_xhat = inv_std * (channel_sum(upstream, x) / count - mean * mean_g)
             # dx = scale * (g - mean_g - x_hat * mean_g_xhat)
             slope = -inv_std * mean_g_xhat
             grad_x = (upstream + _affine(x, slope, -mean_g - slope * mean)) * scale
