@@ -28,9 +28,5 @@ def channel_sum(*factors):
 
 
 def channel_moments(x):
-    """`(mean, variance)` of `x` over all axes but the last (two passes, as
-    `ops.moments`: the variance is the mean of squared deviations)."""
-    flat = ops.reshape(x, (-1, x.shape[-1]))
-    mean = ops.mean(flat, axis=0)
-    centered = flat - mean
-    return mean, ops.mean(centered * centered, axis=0)
+    """`(mean, variance)` of `x` over all axes but the last."""
+    return ops.moments(ops.reshape(x, (-1, x.shape[-1])), axes=(0,))
