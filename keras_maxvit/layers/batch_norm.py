@@ -12,6 +12,10 @@ checkpoints and `.keras` files are unchanged); MBConv computes with them:
   PyTorch, each into a fresh buffer: BatchNorm was 520 ms of a 2.76 s MaxViT-T
   training step (batch 8, 2-core CPU); forward + backward of one
   (8, 56, 56, 256) BatchNorm went from 40 to 17 ms.
+- with batch statistics on TensorFlow, `batch_norm_train` too: its
+  statistics and gradient sums run on a 2-D view of the map (`reduce.py`),
+  which TensorFlow's XLA sums 4x faster on CPU than over the axes of the
+  4-D map, as Keras' layer does. MaxViT-T training step: 1.87 -> 1.44 s.
 """
 
 import keras
