@@ -360,15 +360,33 @@ def test_channel_sum_and_moments_match_numpy(shape):
 
 
 @pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="TensorFlow graphs only")
-def test_channel_moments_with_unknown_batch_size():
-    # Keras' TensorFlow trainer traces with an unknown batch size.
+def test_batch_norm_train_with_unknown_batch_size():
+    # Keras' TensorFlow trainer traces with an unknown batch size: the same
+    # output and gradient as with a known one.
     import tensorflow as tf
 
-    x = np.random.default_rng(7).normal(size=(5, 4, 3)).astype("float32")
-    moments = tf.function(channel_moments, input_signature=[tf.TensorSpec((None, 4, 3), "float32")])
-    mean, variance = moments(tf.constant(x))
-    np.testing.assert_allclose(mean.numpy(), x.mean((0, 1)), rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(variance.numpy(), x.var((0, 1)), rtol=1e-5, atol=1e-6)
+    x = np.random.default_rng(7).normal(size=(5, 4, 3, 6)).astype("float32")
+    weights = np.random.default_rng(8).normal(size=x.shape).astype("float32")
+    norm = keras.layers.BatchNormalization()
+    norm.build(x.shape)
+    norm.trainable = True
+
+    def value_and_grad(x):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            out = batch_norm_train(norm, x)
+            value = tf.reduce_sum(out * weights)
+        return out, tape.gradient(value, [x, norm.gamma.value, norm.beta.value])
+
+    unknown = tf.function(
+        value_and_grad, input_signature=[tf.TensorSpec((None, 4, 3, 6), "float32")]
+    )
+    for got, want in zip(
+        tf.nest.flatten(unknown(tf.constant(x))),
+        tf.nest.flatten(value_and_grad(tf.constant(x))),
+        strict=True,
+    ):
+        np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("shape", [(2, 16, 16, 8), (2, 3, 5, 8), (7, 8)])
