@@ -6,11 +6,16 @@ so torch, TensorFlow and JAX are installed once, not once per session.
 """
 
 import sys
+from pathlib import Path
 
 import nox
 
 nox.options.sessions = ["tests"]
 BACKENDS = ["tensorflow", "jax", "torch"]
+# The default suite runs in this many pytest processes per backend, each on
+# every n-th test file: XLA keeps what it compiled for the life of a process,
+# and one process for the whole suite grew past 24 GiB under TensorFlow.
+TEST_PROCESSES = 4
 
 
 def _pytest(session: nox.Session, backend: str, *args: str) -> None:
@@ -30,7 +35,12 @@ def _pytest(session: nox.Session, backend: str, *args: str) -> None:
 @nox.parametrize("backend", BACKENDS)
 def tests(session: nox.Session, backend: str) -> None:
     """Runs the test suite under one Keras backend (all three by default)."""
-    _pytest(session, backend)
+    if session.posargs:  # a selection of the user's: one process
+        _pytest(session, backend)
+        return
+    files = sorted(str(path) for path in Path("tests").glob("test_*.py"))
+    for part in range(TEST_PROCESSES):
+        _pytest(session, backend, *files[part::TEST_PROCESSES])
 
 
 @nox.session(venv_backend="none")

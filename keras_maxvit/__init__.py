@@ -1,7 +1,8 @@
 """keras-maxvit: MaxViT (Multi-Axis Vision Transformer) for Keras 3."""
 
-from keras_maxvit import layers
+from keras_maxvit import kernels, layers
 from keras_maxvit.imagenet import decode_predictions, preprocess_input
+from keras_maxvit.kernels import get_kernels, set_kernels
 from keras_maxvit.models.backbone import MaxViTBackbone as MaxViTBackbone
 from keras_maxvit.models.maxvit import (
     MODEL_CONFIGS,
@@ -24,6 +25,9 @@ __all__ = [
     "MaxViTTiny",
     "MaxViTXLarge",
     "decode_predictions",
+    "get_kernels",
+    "kernels",
     "layers",
     "preprocess_input",
+    "set_kernels",
 ]

@@ -14,16 +14,16 @@ import pytest
 from conftest import perturb_timm_model, to_numpy
 from test_partition import block_partition_loops, grid_partition_loops
 
+from keras_maxvit.kernels.batch_norm import _normalize_with_gradient, batch_norm_train
+from keras_maxvit.kernels.depthwise import depthwise_conv_channels_first, depthwise_conv_same
+from keras_maxvit.kernels.linear import flat_matmul
+from keras_maxvit.kernels.reduce import channel_moments, channel_sum
 from keras_maxvit.layers import (
     MBConv,
     PartitionAttentionBlock,
     RelativePositionAttention,
     StochasticDepth,
 )
-from keras_maxvit.layers.batch_norm import _normalize_with_gradient, batch_norm_train
-from keras_maxvit.layers.depthwise import depthwise_conv_channels_first, depthwise_conv_same
-from keras_maxvit.layers.linear import flat_matmul
-from keras_maxvit.layers.reduce import channel_moments, channel_sum
 from keras_maxvit.timm_convert import convert_state_dict, timm_key
 
 LAYER_CASES = [

@@ -4,7 +4,9 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_maxvit.layers.linear import project
+from keras_maxvit.kernels import attention as kernels
+from keras_maxvit.kernels.linear import linear
+from keras_maxvit.kernels.select import use_kernel
 from keras_maxvit.layers.partition import to_pair
 from keras_maxvit.layers.stochastic_depth import check_rate
 
@@ -27,13 +29,6 @@ def relative_position_index(size) -> np.ndarray:
     d_cols = cols[None, :] - cols[:, None] + q - 1
     return (d_rows * (2 * q - 1) + d_cols).astype("int32")
 
-
-# Backends whose attention keeps every tensor at 6-D or less (LiteRT's builtin
-# TRANSPOSE takes at most 6 dims, so a TensorFlow model converts without Flex
-# ops) and projects q, k and v separately (faster backward under XLA).
-# PyTorch keeps the fused projection and one 8-D transpose (faster there; its
-# LiteRT route, litert-torch, has no such limit).
-LOW_RANK_BACKENDS = ("tensorflow", "jax")
 
 # Added to the logits of padded keys: exp() of it underflows to exactly 0 in
 # float32, so padded positions get no attention weight whatever they hold.
@@ -215,64 +210,40 @@ class RelativePositionAttention(keras.layers.Layer):
         x = ops.transpose(ops.reshape(x, shape), (0, 2, 4, 1, 3, 5))
         return ops.reshape(x, (-1, heads, rows * cols, head_size))
 
-    def _split_fused(self, qkv, group_rows, group_cols):
-        """`(B, H, W, 3 * C)` fused projection -> query, key, value as in `_split_groups`.
-
-        The partition is folded into the one 8-D transpose that also splits
-        q, k, v and the heads.
-        """
-        rows, cols = self._size
-        heads, head_size, tokens = self.num_heads, self.head_size, rows * cols
-        if self.partition_type == "block":
-            shape = (-1, group_rows, rows, group_cols, cols, 3, heads, head_size)
-            order = (5, 0, 1, 3, 6, 2, 4, 7)
-        else:
-            shape = (-1, rows, group_rows, cols, group_cols, 3, heads, head_size)
-            order = (5, 0, 2, 4, 6, 1, 3, 7)
-        # (3, B, group_rows, group_cols, heads, rows, cols, head) -> (3, N, heads, T, head)
-        qkv = ops.reshape(
-            ops.transpose(ops.reshape(qkv, shape), order), (3, -1, heads, tokens, head_size)
-        )
-        return qkv[0], qkv[1], qkv[2]
-
     def _query_key_value(self, inputs, pad_height, pad_width, group_rows, group_cols):
         """Query, key and value of the (padded) map, each `(N, heads, T, head)`.
 
-        The projections are per pixel, so they run before the padding.
+        The projection is per pixel, so it runs before the padding. Every
+        tensor stays at 6-D or less (LiteRT's builtin TRANSPOSE takes at most
+        6 dims, so a TensorFlow model converts without Flex ops).
         """
         padded = pad_height is not None
 
         def pad(x):
             return pad_to_partition(x, pad_height, pad_width) if padded else x
 
-        if keras.backend.backend() not in LOW_RANK_BACKENDS:
-            return self._split_fused(pad(project(self.qkv, inputs)), group_rows, group_cols)
-        # One projection (a third of the fused kernel's columns) and one 6-D
-        # transpose each: the backward pass then has no slices of the fused
-        # map to pad and add back together (XLA CPU: 59 -> 42 ms at stage 1).
         channels = inputs.shape[-1]
-        parts = []
-        for part in range(3):
-            x = project(self.qkv, inputs, slice(part * channels, (part + 1) * channels))
-            parts.append(self._split_groups(pad(x), group_rows, group_cols))
-        return parts
+        if not use_kernel("qkv", inputs, self.qkv):
+            parts = ops.split(self.qkv(inputs), 3, axis=-1)
+        elif keras.backend.backend() == "torch":
+            args = (self._size, self.num_heads, self.head_size, self.partition_type)
+            return kernels.split_fused(pad(linear(self.qkv, inputs)), *args, group_rows, group_cols)
+        else:
+            parts = kernels.column_projections(self.qkv, inputs, channels)
+        return [self._split_groups(pad(x), group_rows, group_cols) for x in parts]
 
     def _merge_groups(self, out, group_rows, group_cols):
         """Inverse of `_split_groups` for the `(N, heads, T, head)` attention output."""
         rows, cols = self._size
         heads, head_size = self.num_heads, self.head_size
-        if keras.backend.backend() in LOW_RANK_BACKENDS:
-            if self.partition_type == "block":
-                shape = (-1, group_cols, heads, rows, cols, head_size)
-            else:
-                shape = (-1, group_rows, group_cols * heads, rows, cols, head_size)
-            out = ops.transpose(ops.reshape(out, shape), (0, 3, 1, 4, 2, 5))
+        if keras.backend.backend() == "torch" and use_kernel("qkv", out, self.qkv):
+            args = (self._size, heads, head_size, self.partition_type)
+            return kernels.merge_fused(out, *args, group_rows, group_cols)
+        if self.partition_type == "block":
+            shape = (-1, group_cols, heads, rows, cols, head_size)
         else:
-            out = ops.reshape(out, (-1, group_rows, group_cols, heads, rows, cols, head_size))
-            order = (
-                (0, 1, 4, 2, 5, 3, 6) if self.partition_type == "block" else (0, 4, 1, 5, 2, 3, 6)
-            )
-            out = ops.transpose(out, order)
+            shape = (-1, group_rows, group_cols * heads, rows, cols, head_size)
+        out = ops.transpose(ops.reshape(out, shape), (0, 3, 1, 4, 2, 5))
         return ops.reshape(out, (-1, group_rows * rows, group_cols * cols, heads * head_size))
 
     def call(self, inputs, training=None):
@@ -286,7 +257,6 @@ class RelativePositionAttention(keras.layers.Layer):
         else:
             padded = height % rows != 0 or width % cols != 0
         group_rows, group_cols = (height + rows - 1) // rows, (width + cols - 1) // cols
-        heads, tokens = self.num_heads, rows * cols
 
         pad_height = pad_width = None
         if padded:
@@ -295,6 +265,24 @@ class RelativePositionAttention(keras.layers.Layer):
             inputs, pad_height, pad_width, group_rows, group_cols
         )
 
+        dropout = bool(training) and self.attention_dropout > 0.0
+        if not padded and not dropout and use_kernel("fused_attention", query):
+            bias = self.relative_position_bias()[None]
+            out = kernels.fused_attention(query, key, value, bias, self.head_size**-0.5)
+        else:
+            out = self._attend(query, key, value, padded, height, width, training)
+
+        out = self._merge_groups(out, group_rows, group_cols)
+        if padded:
+            out = out[:, :height, :width, :]
+        return linear(self.proj, out)
+
+    def _attend(self, query, key, value, padded, height, width, training):
+        """Softmax attention of `(N, heads, T, head)` q, k, v with the
+        relative-position bias (and the padded keys masked out)."""
+        rows, cols = self._size
+        group_rows, group_cols = (height + rows - 1) // rows, (width + cols - 1) // cols
+        heads, tokens = self.num_heads, rows * cols
         query = query * ops.cast(self.head_size**-0.5, query.dtype)
         logits = ops.einsum("nhqd,nhkd->nhqk", query, key)
         # Softmax in float32 so mixed precision keeps its accuracy.
@@ -311,12 +299,7 @@ class RelativePositionAttention(keras.layers.Layer):
         weights = ops.cast(weights, value.dtype)
         if training and self.attention_dropout > 0.0:
             weights = self.dropout(weights, training=training)
-        out = ops.einsum("nhqk,nhkd->nhqd", weights, value)  # (N, heads, T, head)
-
-        out = self._merge_groups(out, group_rows, group_cols)
-        if padded:
-            out = out[:, :height, :width, :]
-        return project(self.proj, out)
+        return ops.einsum("nhqk,nhkd->nhqd", weights, value)  # (N, heads, T, head)
 
     def compute_output_shape(self, input_shape):
         return input_shape

@@ -3,26 +3,14 @@
 import keras
 from keras import ops
 
+from keras_maxvit.kernels.batch_norm import batch_norm, batch_norm_affine, expand
+from keras_maxvit.kernels.batch_norm import uses_moving_statistics as moving
+from keras_maxvit.kernels.depthwise import depthwise, depthwise_conv
+from keras_maxvit.kernels.linear import linear
+from keras_maxvit.kernels.select import use_kernel
 from keras_maxvit.layers.activations import gelu_tanh
-from keras_maxvit.layers.batch_norm import (
-    batch_norm_affine,
-    batch_norm_train,
-    uses_moving_statistics,
-)
-from keras_maxvit.layers.depthwise import depthwise_conv_channels_first, depthwise_conv_same
-from keras_maxvit.layers.linear import flat_matmul, project
 from keras_maxvit.layers.remat import check_remat, remat_call
 from keras_maxvit.layers.stochastic_depth import StochasticDepth, check_rate, drop_path
-
-# XLA's CPU depthwise convolution is slow: under JAX and TensorFlow the 3x3
-# depthwise conv runs as a sum of shifted inputs with its own gradient (see
-# `depthwise.py`). PyTorch keeps its native kernel, on a transposed view
-# (`depthwise_conv_channels_first`: no layout copies).
-SHIFTED_DEPTHWISE_BACKENDS = ("jax", "tensorflow")
-# Backends where training-mode BatchNorm runs as `batch_norm_train`: eager
-# PyTorch (fewer passes), and TensorFlow (its XLA reduces slowly on CPU, see
-# `reduce.py`). JAX's XLA fuses Keras' own formula as well.
-LEAN_BATCH_NORM_BACKENDS = ("torch", "tensorflow")
 
 
 @keras.saving.register_keras_serializable(package="keras_maxvit")
@@ -164,69 +152,35 @@ class MBConv(keras.layers.Layer):
         if self.shortcut_pool is not None:
             shortcut = self.shortcut_pool(shortcut)
         if self.shortcut_expand is not None:
-            shortcut = project(self.shortcut_expand, shortcut)
+            shortcut = linear(self.shortcut_expand, shortcut)
 
         x = gelu_tanh(self._expand(inputs, training))
         x = gelu_tanh(self._depthwise(x, training))
 
         scale = ops.mean(x, axis=(1, 2), keepdims=True)
-        scale = ops.silu(project(self.se_fc1, scale))
-        x = x * ops.sigmoid(project(self.se_fc2, scale))
+        scale = ops.silu(linear(self.se_fc1, scale))
+        x = x * ops.sigmoid(linear(self.se_fc2, scale))
 
-        x = project(self.conv3_1x1, x)
+        x = linear(self.conv3_1x1, x)
         return shortcut + drop_path(self.drop_path, x, training)
 
     def _expand(self, inputs, training):
-        """`norm1(conv1_1x1(pre_norm(inputs)))`, the norms folded into the
-        matmul where they use their moving statistics (inference, or frozen)."""
-        # Folded in float32 (the norms' statistics are float32 under mixed precision).
-        kernel = ops.cast(self.conv1_1x1.kernel, "float32")
-        kernel = ops.reshape(kernel, kernel.shape[-2:])
-        bias = None
-        x = inputs
-        if uses_moving_statistics(self.pre_norm, training):
-            scale, offset = batch_norm_affine(self.pre_norm)
-            bias = ops.matmul(offset[None], kernel)[0]
-            kernel = kernel * scale[:, None]
-        else:
-            x = self._normalize(self.pre_norm, x, training)
-        fold_norm1 = uses_moving_statistics(self.norm1, training)
-        if fold_norm1:
-            scale, offset = batch_norm_affine(self.norm1)
-            kernel = kernel * scale
-            bias = offset if bias is None else bias * scale + offset
-        x = flat_matmul(x, ops.cast(kernel, x.dtype))
-        if bias is not None:
-            x = x + ops.cast(bias, x.dtype)
-        return x if fold_norm1 else self._normalize(self.norm1, x, training)
+        """`norm1(conv1_1x1(pre_norm(inputs)))`."""
+        norms = (self.pre_norm, self.norm1)
+        foldable = any(moving(norm, training) for norm in norms)
+        if foldable and use_kernel("fold_batch_norm", inputs, *norms, self.conv1_1x1):
+            return expand(self.pre_norm, self.conv1_1x1, self.norm1, inputs, training)
+        x = batch_norm(self.pre_norm, inputs, training)
+        return batch_norm(self.norm1, linear(self.conv1_1x1, x), training)
 
     def _depthwise(self, x, training):
-        """`norm2(conv2_kxk(x))`, the norm folded into the kernel where it uses
-        its moving statistics."""
-        kernel = ops.cast(self.conv2_kxk.kernel, "float32")
-        fold = uses_moving_statistics(self.norm2, training)
-        if fold:
-            scale, offset = batch_norm_affine(self.norm2)
-            kernel = kernel * scale[:, None]
-        kernel = ops.cast(kernel, x.dtype)
-        static_size = x.shape[1] is not None and x.shape[2] is not None
-        backend = keras.backend.backend()
-        if backend in SHIFTED_DEPTHWISE_BACKENDS and static_size:
-            x = depthwise_conv_same(x, kernel, self.strides)
-        elif backend == "torch":
-            x = depthwise_conv_channels_first(x, kernel, self.strides)
-        else:
-            x = ops.depthwise_conv(x, kernel, self.strides, padding="same")
-        if fold:
-            return x + ops.cast(offset, x.dtype)
-        return self._normalize(self.norm2, x, training)
-
-    @staticmethod
-    def _normalize(norm, x, training):
-        """`norm(x, training=training)` for a norm with batch statistics."""
-        if keras.backend.backend() in LEAN_BATCH_NORM_BACKENDS:
-            return batch_norm_train(norm, x)
-        return norm(x, training=training)
+        """`norm2(conv2_kxk(x))`."""
+        norm, conv = self.norm2, self.conv2_kxk
+        if moving(norm, training) and use_kernel("fold_batch_norm", x, conv, norm):
+            scale, offset = batch_norm_affine(norm)
+            kernel = ops.cast(ops.cast(conv.kernel, "float32") * scale[:, None], x.dtype)
+            return depthwise_conv(x, kernel, self.strides) + ops.cast(offset, x.dtype)
+        return batch_norm(norm, depthwise(conv, x), training)
 
     def compute_output_shape(self, input_shape):
         batch, height, width, _ = input_shape

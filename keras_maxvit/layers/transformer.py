@@ -2,12 +2,12 @@
 
 import keras
 
+from keras_maxvit.kernels.linear import linear
 from keras_maxvit.layers.activations import gelu_tanh
 from keras_maxvit.layers.attention import (
     RelativePositionAttention,
     check_partition_args,
 )
-from keras_maxvit.layers.linear import project
 from keras_maxvit.layers.remat import check_remat, remat_call
 from keras_maxvit.layers.stochastic_depth import StochasticDepth, check_rate, drop_path
 
@@ -105,8 +105,8 @@ class PartitionAttentionBlock(keras.layers.Layer):
     def _forward(self, inputs, training):
         attended = self.attn(self.norm1(inputs), training=training)
         x = inputs + drop_path(self.drop_path1, attended, training)
-        hidden = gelu_tanh(project(self.mlp_fc1, self.norm2(x)))
-        return x + drop_path(self.drop_path2, project(self.mlp_fc2, hidden), training)
+        hidden = gelu_tanh(linear(self.mlp_fc1, self.norm2(x)))
+        return x + drop_path(self.drop_path2, linear(self.mlp_fc2, hidden), training)
 
     def compute_output_shape(self, input_shape):
         return input_shape

@@ -10,6 +10,8 @@ received, instead of failing deep inside a backend (or, worse, broadcasting a
 import keras
 import numpy as np
 
+from keras_maxvit.kernels.select import compiled_scope
+
 # Smallest height and width: the network's total stride.
 MIN_SIZE = 32
 
@@ -86,7 +88,42 @@ class MaxViTModel(keras.Model):
     Built like any functional model (`MaxViTModel(inputs, outputs, name=...)`)
     and saved and loaded like one; calls and `predict` first run
     `check_images` on single-input batches.
+
+    `compile(jit_compile="auto")` (the default) resolves as Keras does,
+    except on TensorFlow without a GPU: Keras then turns XLA off, but
+    MaxViT's `fit`, `predict` and `evaluate` run faster under XLA on CPU
+    (README, "Performance"), so they compile with XLA there too, unless a
+    `tf.distribute` strategy is in scope or op determinism is enabled (as
+    Keras decides). `jit_compile=False` still turns XLA off. The train,
+    test and predict steps tell the kernels (`keras_maxvit.kernels`) whether
+    they are traced for XLA.
     """
+
+    def _resolve_auto_jit_compile(self):
+        resolved = super()._resolve_auto_jit_compile()
+        if resolved or keras.backend.backend() != "tensorflow" or self._distribute_strategy:
+            return resolved
+        # Where Keras reads it (no public TensorFlow API says whether it is on).
+        from tensorflow.python.framework.config import is_op_determinism_enabled
+
+        if is_op_determinism_enabled():
+            return False
+        return all(layer.supports_jit for layer in self._flatten_layers())
+
+    def _xla(self) -> bool:
+        return keras.backend.backend() != "torch" and not self.run_eagerly and self.jit_compile
+
+    def train_step(self, *args, **kwargs):
+        with compiled_scope(self._xla()):
+            return super().train_step(*args, **kwargs)
+
+    def test_step(self, *args, **kwargs):
+        with compiled_scope(self._xla()):
+            return super().test_step(*args, **kwargs)
+
+    def predict_step(self, *args, **kwargs):
+        with compiled_scope(self._xla()):
+            return super().predict_step(*args, **kwargs)
 
     def _expected_shape(self):
         return tuple(self.inputs[0].shape) if len(self.inputs) == 1 else None

@@ -1,28 +1,27 @@
-"""BatchNormalization arithmetic for MBConv: folded in inference, lean in training.
+"""Kernels "fold_batch_norm" and "batch_norm_train": MBConv's BatchNorms.
 
 The `keras.layers.BatchNormalization` sublayers keep the weights (names,
-checkpoints and `.keras` files are unchanged); MBConv computes with them:
+checkpoints and `.keras` files are unchanged); where `use_kernel` takes a
+kernel, MBConv computes with them instead of calling them:
 
-- with moving statistics (inference, or a frozen layer) the normalization is
-  an affine map per channel, folded into the neighbouring matmul or conv
-  kernel (`batch_norm_affine`), so it costs no pass over the feature map;
-- with batch statistics on PyTorch, `batch_norm_train` normalizes with
-  in-place passes (one new buffer) and has its own, closed-form gradient.
-  Automatic differentiation of Keras' formula makes many more passes in eager
-  PyTorch, each into a fresh buffer: BatchNorm was 520 ms of a 2.76 s MaxViT-T
-  training step (batch 8, 2-core CPU); forward + backward of one
-  (8, 56, 56, 256) BatchNorm went from 40 to 17 ms.
-- with batch statistics on TensorFlow, `batch_norm_train` too: its
-  statistics and gradient sums run on a 2-D view of the map (`reduce.py`),
-  which TensorFlow's XLA sums 4x faster on CPU than over the axes of the
-  4-D map, as Keras' layer does. MaxViT-T training step: 1.87 -> 1.44 s.
+- "fold_batch_norm": a norm that uses its moving statistics (inference, or a
+  frozen layer) is an affine map per channel, folded into the neighbouring
+  1x1 or depthwise kernel (`batch_norm_affine`, `expand`), so it costs no
+  pass over the feature map;
+- "batch_norm_train": a norm with batch statistics normalizes with few
+  passes (one new buffer, the rest in place on PyTorch, where automatic
+  differentiation of Keras' formula makes many passes into fresh buffers)
+  and has its own closed-form gradient; its statistics and gradient sums
+  run on a 2-D view of the map (`reduce.py`), which TensorFlow's XLA sums
+  faster on CPU than over the axes of the 4-D map.
 """
 
 import keras
 from keras import ops
 
-from keras_maxvit.layers.depthwise import LOW_PRECISION
-from keras_maxvit.layers.reduce import channel_moments, channel_sum
+from keras_maxvit.kernels.linear import flat_matmul
+from keras_maxvit.kernels.reduce import channel_moments, channel_sum
+from keras_maxvit.kernels.select import HALF, use_kernel
 
 
 def uses_moving_statistics(norm, training) -> bool:
@@ -89,7 +88,7 @@ def batch_norm_train(norm, x):
     arithmetic for half-precision inputs)."""
     x = ops.convert_to_tensor(x)
     dtype = x.dtype
-    if keras.backend.standardize_dtype(dtype) in LOW_PRECISION:
+    if keras.backend.standardize_dtype(dtype) in HALF:
         x = ops.cast(x, "float32")
     mean, variance = channel_moments(ops.stop_gradient(x))
     momentum = norm.momentum
@@ -101,3 +100,38 @@ def batch_norm_train(norm, x):
     beta = ops.cast(norm.beta, "float32") if norm.center else ops.zeros_like(mean)
     y = _normalize_with_gradient(x, mean, variance, gamma, beta, norm.epsilon)
     return ops.cast(y, dtype)
+
+
+def batch_norm(norm, x, training):
+    """`norm(x, training=training)`, or the "batch_norm_train" kernel where
+    `norm` uses batch statistics and `use_kernel` takes it."""
+    if not uses_moving_statistics(norm, training) and use_kernel("batch_norm_train", x, norm):
+        return batch_norm_train(norm, x)
+    return norm(x, training=training)
+
+
+def expand(pre_norm, conv, norm, x, training):
+    """`norm(conv(pre_norm(x)))` for a 1x1 `conv` without bias, with each norm
+    that uses its moving statistics folded into the conv's kernel (as one
+    2-D matmul); the others are `batch_norm` calls.
+
+    Folded in float32 (the norms' statistics are float32 under mixed precision).
+    """
+    kernel = ops.cast(conv.kernel, "float32")
+    kernel = ops.reshape(kernel, kernel.shape[-2:])
+    bias = None
+    if uses_moving_statistics(pre_norm, training):
+        scale, offset = batch_norm_affine(pre_norm)
+        bias = ops.matmul(offset[None], kernel)[0]
+        kernel = kernel * scale[:, None]
+    else:
+        x = batch_norm(pre_norm, x, training)
+    fold_norm = uses_moving_statistics(norm, training)
+    if fold_norm:
+        scale, offset = batch_norm_affine(norm)
+        kernel = kernel * scale
+        bias = offset if bias is None else bias * scale + offset
+    x = flat_matmul(x, ops.cast(kernel, x.dtype))
+    if bias is not None:
+        x = x + ops.cast(bias, x.dtype)
+    return x if fold_norm else batch_norm(norm, x, training)

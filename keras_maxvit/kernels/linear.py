@@ -1,13 +1,16 @@
-"""Per-pixel (per-token) linear maps: a 2-D matmul (XLA) or a 1x1 conv (PyTorch)."""
+"""Kernel "linear": per-pixel (per-token) linear maps as a 2-D matmul (XLA) or
+a 1x1 conv on a channels-last view (PyTorch), instead of the `Dense` or 1x1
+`Conv2D` sublayer's call."""
 
 import keras
 from keras import ops
 
+from keras_maxvit.kernels.select import use_kernel
+
 # On PyTorch, maps of at least this many pixels (batch x height x width) are
-# projected by a 1x1 convolution on a channels-last view (oneDNN): 1.4-2.4x
-# faster than `matmul` (MKL) for MaxViT-T's projections at batch 8, forward
-# and backward, on a 2-core AVX-512 CPU. Below it (batch-1 7x7 maps), the
-# per-call weight reordering of the convolution costs more than it saves.
+# projected by a 1x1 convolution on a channels-last view (oneDNN, faster than
+# MKL's matmul there); below it (batch-1 7x7 maps) the convolution's per-call
+# weight reordering costs more than it saves.
 CONV_MIN_PIXELS = 256
 
 
@@ -31,8 +34,7 @@ def flat_matmul(x, kernel):
 
     The same numbers as `ops.matmul(x, kernel)` for a `(..., C_in)` input and
     a `(C_in, C_out)` kernel. XLA on CPU differentiates a 4-D matmul into a
-    contraction over three axes that it runs ~2x slower than the 2-D one
-    (MaxViT-T's stage-1 1x1 convs: forward + backward 103 ms -> 46 ms).
+    contraction over three axes that it runs slower than the 2-D one.
     """
     if keras.backend.backend() == "torch":
         sizes = x.shape[:-1]
@@ -61,8 +63,8 @@ def project(layer, x, columns: slice | None = None):
     matmul (`flat_matmul`) and without the NHWC <-> NCHW transposes the
     PyTorch backend wraps around a convolution. The weights stay the
     sublayer's (names, checkpoints and `.keras` files are unchanged); the
-    sublayer's `call` is not used, so it must have no activation, LoRA or
-    quantization.
+    sublayer's `call` is not used, so `use_kernel` must have found it plain
+    (no LoRA, no quantization).
     """
     kernel = ops.cast(layer.kernel, x.dtype)
     if len(kernel.shape) > 2:  # a 1x1 Conv2D kernel
@@ -75,3 +77,11 @@ def project(layer, x, columns: slice | None = None):
     if bias is not None:
         x = x + ops.cast(bias, x.dtype)
     return x
+
+
+def linear(layer, x):
+    """`layer(x)` for a `Dense` or 1x1 `Conv2D` layer without activation, or
+    the "linear" kernel where `use_kernel` takes it."""
+    if use_kernel("linear", x, layer):
+        return project(layer, x)
+    return layer(x)

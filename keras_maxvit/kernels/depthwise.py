@@ -1,13 +1,13 @@
-"""The 3x3 depthwise convolution of MBConv as shifted sums, with its own gradient.
+"""Kernel "depthwise": MBConv's 3x3 depthwise conv without the sublayer's call.
 
-XLA's CPU depthwise convolution is slow (5-7x the shifted sum below for
-MaxViT-T's stage-1 maps, forward and backward), so under JAX and TensorFlow
-MBConv runs its depthwise conv as a sum of shifted, scaled copies of the
-input, which XLA fuses into one loop. Left to automatic differentiation, the
-kernel gradient of that sum is nine reductions over sliced inputs, which XLA
-CPU does not fuse (it copies every slice first): on a MaxViT-T stage-1 block
-as long as the forward and backward of the rest of the block together.
-`depthwise_conv_same` therefore carries its own gradient:
+Under XLA (JAX, TensorFlow) it runs as shifted sums with its own gradient;
+on PyTorch as a channels-first conv on a transposed view.
+
+XLA's CPU depthwise convolution is slow, so the kernel is a sum of shifted,
+scaled copies of the input, which XLA fuses into one loop. Left to automatic
+differentiation, the kernel gradient of that sum is nine reductions over
+sliced inputs, which XLA CPU does not fuse (it copies every slice first), so
+`depthwise_conv_same` carries its own gradient:
 
 - input gradient: the transposed convolution, again shifted sums of the
   upstream gradient, one per output phase (rows and columns modulo the
@@ -17,15 +17,12 @@ as long as the forward and backward of the rest of the block together.
   loop over row slices), then over batch and columns by one reduction.
   The adds are unrolled over the output rows, so the traced graph grows
   with the map's height (56 rows at stage 1 of a 224 model).
-
-Measured with JAX `jit` on a 2-core CPU, forward + backward: (8, 56, 56, 256)
-78 -> 33 ms; stride 2 on (8, 112, 112, 256) 149 -> 81 ms.
 """
 
 import keras
 from keras import ops
 
-LOW_PRECISION = ("float16", "bfloat16")
+from keras_maxvit.kernels.select import HALF, use_kernel
 
 
 def same_padding(size: int, kernel_size: int, strides: int):
@@ -109,7 +106,7 @@ def _input_grad(upstream, kernel, input_shape, strides):
 def _kernel_grad(x, upstream, kernel_shape, strides):
     """Gradient for the kernel, `(k, k, C, 1)`; accumulated in float32 for half types."""
     size_h, size_w, channels, _ = kernel_shape
-    if keras.backend.standardize_dtype(x.dtype) in LOW_PRECISION:
+    if keras.backend.standardize_dtype(x.dtype) in HALF:
         x, upstream = ops.cast(x, "float32"), ops.cast(upstream, "float32")
     padded, out_height, out_width = _pad_same(x, kernel_shape, strides)
     span_w = (out_width - 1) * strides + 1
@@ -174,3 +171,23 @@ def depthwise_conv_same(x, kernel, strides: int):
         return _forward(x, kernel, strides), grad
 
     return conv(x, kernel)
+
+
+def depthwise_conv(x, kernel, strides: int):
+    """`ops.depthwise_conv(x, kernel, strides, padding="same")` by this
+    backend's kernel: shifted sums (JAX, TensorFlow, static sizes) or the
+    channels-first view (PyTorch)."""
+    backend = keras.backend.backend()
+    if backend == "torch":
+        return depthwise_conv_channels_first(x, kernel, strides)
+    if x.shape[1] is not None and x.shape[2] is not None:
+        return depthwise_conv_same(x, kernel, strides)
+    return ops.depthwise_conv(x, kernel, strides, padding="same")
+
+
+def depthwise(layer, x):
+    """`layer(x)` for a bias-free "same" `DepthwiseConv2D`, or the "depthwise"
+    kernel where `use_kernel` takes it."""
+    if use_kernel("depthwise", x, layer):
+        return depthwise_conv(x, ops.cast(layer.kernel, x.dtype), layer.strides[0])
+    return layer(x)
