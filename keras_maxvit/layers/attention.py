@@ -210,7 +210,7 @@ class RelativePositionAttention(keras.layers.Layer):
         x = ops.transpose(ops.reshape(x, shape), (0, 2, 4, 1, 3, 5))
         return ops.reshape(x, (-1, heads, rows * cols, head_size))
 
-    def _query_key_value(self, inputs, pad_height, pad_width, group_rows, group_cols):
+    def _query_key_value(self, inputs, pad_height, pad_width, group_rows, group_cols, kernel):
         """Query, key and value of the (padded) map, each `(N, heads, T, head)`.
 
         The projection is per pixel, so it runs before the padding. Every
@@ -223,7 +223,7 @@ class RelativePositionAttention(keras.layers.Layer):
             return pad_to_partition(x, pad_height, pad_width) if padded else x
 
         channels = inputs.shape[-1]
-        if not use_kernel("qkv", inputs, self.qkv):
+        if not kernel:
             parts = ops.split(self.qkv(inputs), 3, axis=-1)
         elif keras.backend.backend() == "torch":
             args = (self._size, self.num_heads, self.head_size, self.partition_type)
@@ -232,11 +232,12 @@ class RelativePositionAttention(keras.layers.Layer):
             parts = kernels.column_projections(self.qkv, inputs, channels)
         return [self._split_groups(pad(x), group_rows, group_cols) for x in parts]
 
-    def _merge_groups(self, out, group_rows, group_cols):
-        """Inverse of `_split_groups` for the `(N, heads, T, head)` attention output."""
+    def _merge_groups(self, out, group_rows, group_cols, kernel):
+        """Inverse of `_split_groups` for the `(N, heads, T, head)` attention
+        output (with `kernel`, the "qkv" kernel's inverse on PyTorch)."""
         rows, cols = self._size
         heads, head_size = self.num_heads, self.head_size
-        if keras.backend.backend() == "torch" and use_kernel("qkv", out, self.qkv):
+        if kernel and keras.backend.backend() == "torch":
             args = (self._size, heads, head_size, self.partition_type)
             return kernels.merge_fused(out, *args, group_rows, group_cols)
         if self.partition_type == "block":
@@ -261,8 +262,9 @@ class RelativePositionAttention(keras.layers.Layer):
         pad_height = pad_width = None
         if padded:
             pad_height, pad_width = group_rows * rows - height, group_cols * cols - width
+        kernel = use_kernel("qkv", inputs, self.qkv)
         query, key, value = self._query_key_value(
-            inputs, pad_height, pad_width, group_rows, group_cols
+            inputs, pad_height, pad_width, group_rows, group_cols, kernel
         )
 
         dropout = bool(training) and self.attention_dropout > 0.0
@@ -270,18 +272,19 @@ class RelativePositionAttention(keras.layers.Layer):
             bias = self.relative_position_bias()[None]
             out = kernels.fused_attention(query, key, value, bias, self.head_size**-0.5)
         else:
-            out = self._attend(query, key, value, padded, height, width, training)
+            groups = (group_rows, group_cols)
+            out = self._attend(query, key, value, padded, height, width, groups, training)
 
-        out = self._merge_groups(out, group_rows, group_cols)
+        out = self._merge_groups(out, group_rows, group_cols, kernel)
         if padded:
             out = out[:, :height, :width, :]
         return linear(self.proj, out)
 
-    def _attend(self, query, key, value, padded, height, width, training):
+    def _attend(self, query, key, value, padded, height, width, groups, training):
         """Softmax attention of `(N, heads, T, head)` q, k, v with the
         relative-position bias (and the padded keys masked out)."""
         rows, cols = self._size
-        group_rows, group_cols = (height + rows - 1) // rows, (width + cols - 1) // cols
+        group_rows, group_cols = groups
         heads, tokens = self.num_heads, rows * cols
         query = query * ops.cast(self.head_size**-0.5, query.dtype)
         logits = ops.einsum("nhqd,nhkd->nhqk", query, key)
