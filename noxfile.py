@@ -46,7 +46,7 @@ def tests(session: nox.Session, backend: str) -> None:
 @nox.session(venv_backend="none")
 @nox.parametrize("backend", BACKENDS)
 def slow(session: nox.Session, backend: str) -> None:
-    """Parity of the Base, Large and XLarge checkpoints (minutes, ~10 GiB of memory)."""
+    """Full-size checks: Base/Large/XLarge parity, MaxViT-T export (minutes, ~10 GiB)."""
     _pytest(session, backend, "-m", "slow")
 
 

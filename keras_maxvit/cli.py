@@ -4,6 +4,7 @@ import argparse
 import os
 import sys
 
+from keras_maxvit import arguments
 from keras_maxvit.presets import PRESETS
 
 # The official variants, from the checkpoint table (keras is imported only when needed).
@@ -18,7 +19,12 @@ def _constructor(variant: str):
 
 
 def _checkpoint(weights: str, variant: str, size: int | None):
-    """(preset tag or None, variant, resolution) for a --weights value."""
+    """(preset tag or None, variant, resolution) for a --weights value.
+
+    The resolution is `size`, else the checkpoint's: its preset's, or the one
+    a weights file records (timm's config.json, keras_maxvit's cache), or 224.
+    """
+    from keras_maxvit.normalization import checkpoint_preprocessing
     from keras_maxvit.weights import is_named_weights, resolve_checkpoint
 
     if is_named_weights(weights):
@@ -30,7 +36,24 @@ def _checkpoint(weights: str, variant: str, size: int | None):
             f"{weights!r} is neither a checkpoint name (see `keras-maxvit list`) "
             "nor an existing weights file"
         )
-    return None, variant, size or 224
+    recorded = checkpoint_preprocessing(weights) or {}
+    return None, variant, size or recorded.get("resolution", 224)
+
+
+def _eval_transform(tag: str | None, weights: str, size: int) -> dict:
+    """crop_pct, crop_mode and interpolation of a checkpoint's eval transform.
+
+    A preset's; for a file, what it records (timm's config.json, keras_maxvit's
+    cache metadata), the rest as the official checkpoints of `size`.
+    """
+    from keras_maxvit.normalization import checkpoint_preprocessing, default_eval_transform
+
+    if tag is not None:
+        return {key: PRESETS[tag][key] for key in ("crop_pct", "crop_mode", "interpolation")}
+    transform = default_eval_transform(size)
+    recorded = checkpoint_preprocessing(weights) or {}
+    transform.update((key, recorded[key]) for key in transform if key in recorded)
+    return transform
 
 
 def _file_classes(path: str) -> int | None:
@@ -72,10 +95,8 @@ def cmd_predict(args) -> None:
     from keras_maxvit.imagenet import decode_predictions, load_eval_image
 
     tag, variant, size = _checkpoint(args.weights, args.model, args.size)
-    preset = PRESETS[tag] if tag else {"crop_pct": 0.95 if size == 224 else 1.0}
-    images = np.stack(
-        [load_eval_image(path, size, preset["crop_pct"], "bicubic") for path in args.images]
-    )
+    transform = _eval_transform(tag, args.weights, size)
+    images = np.stack([load_eval_image(path, size, **transform) for path in args.images])
     classes = PRESETS[tag]["classes"] if tag else (_file_classes(args.weights) or 1000)
     weights = tag or args.weights
     model = _constructor(variant)(weights=weights, input_shape=(size, size, 3), classes=classes)
@@ -137,9 +158,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="'imagenet', 'imagenet21k', 'imagenet21k-ft1k', a tag from `list`, "
         "hf://timm/<tag>, or a weights file (default: imagenet)",
     )
-    predict.add_argument("--top", type=int, default=5, help="classes to show (default: 5)")
     predict.add_argument(
-        "--size", type=int, default=None, help="input side (default: the checkpoint's)"
+        "--top", type=arguments.positive_int, default=5, help="classes to show (default: 5)"
+    )
+    predict.add_argument(
+        "--size",
+        type=arguments.image_side,
+        default=None,
+        help="input side (default: the checkpoint's)",
     )
     predict.set_defaults(run=cmd_predict)
 
@@ -154,7 +180,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--model", choices=VARIANT_NAMES, default="tiny", help="variant of a file or alias"
     )
     convert.add_argument(
-        "--size", type=int, default=None, help="input side (default: the checkpoint's)"
+        "--size",
+        type=arguments.image_side,
+        default=None,
+        help="input side (default: the checkpoint's)",
     )
     convert.add_argument("--force", action="store_true", help="overwrite --out if it exists")
     convert.set_defaults(run=cmd_convert)

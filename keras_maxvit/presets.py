@@ -2,7 +2,7 @@
 
 Each entry records what a checkpoint needs to be used correctly: its variant
 and input resolution, the number of classes, the normalization it was trained
-with, the eval transform (crop fraction, interpolation), and the ImageNet-1k
+with, the eval transform (crop fraction, crop mode, interpolation), and the ImageNet-1k
 top-1 published in the official README where there is one.
 """
 
@@ -37,6 +37,9 @@ def _entry(variant: str, resolution: int, tag: str) -> tuple[str, dict]:
         "mean": IMAGENET_MEAN if imagenet_norm else INCEPTION_MEAN,
         "std": IMAGENET_STD if imagenet_norm else INCEPTION_STD,
         "crop_pct": 0.95 if resolution == 224 else 1.0,
+        # timm's eval resize: "center" keeps the aspect ratio and crops the
+        # centre; "squash" resizes both sides (the 384 and 512 checkpoints).
+        "crop_mode": "center" if resolution == 224 else "squash",
         "interpolation": "bicubic",
         "top1": _IN1K_TOP1.get((variant, resolution)) if tag == "in1k" else None,
     }

@@ -59,6 +59,11 @@ TRANSFORMS = {
 IGNORED_SUFFIXES = ("num_batches_tracked",)
 
 
+def is_maxvit_layer(name: str) -> bool:
+    """Whether a top-level layer name is one of a MaxViT's weighted layers."""
+    return name in _TOP_LAYERS or _BLOCK_LAYER.match(name) is not None
+
+
 def timm_key(path: str) -> str:
     """The timm checkpoint key of a Keras variable path.
 

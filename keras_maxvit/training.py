@@ -6,17 +6,32 @@ gets a new head and is trained in two phases: the head alone with the backbone
 frozen (its BatchNorms in inference mode), then every layer at a lower
 learning rate with cosine decay and AdamW (no weight decay on norms, biases
 and bias tables). The best model is kept as a `.keras` file, the run logs to
-CSV, the training curves go to a PNG, and a rerun resumes from the last epoch.
+CSV, the training curves go to a PNG, and a rerun resumes from the last epoch
+as the same run: each epoch's batches depend only on the seed and the epoch,
+and `state.json` keeps what `last.keras` does not (the best value so far,
+early stopping's count, drop-path seed states); the optimizer state comes
+from `last.keras`.
 """
 
 import argparse
-import json
 import os
 
 import keras
 import numpy as np
 
+from keras_maxvit import arguments
 from keras_maxvit.models.maxvit import MODEL_CONFIGS, VARIANTS
+from keras_maxvit.resume import (
+    BestModel,
+    ResumableEarlyStopping,
+    RunState,
+    monitored_value,
+    read_state,
+    restore_optimizer,
+    seed_generators,
+    set_aside,
+    truncate_log,
+)
 
 NO_DECAY = ["bias", "gamma", "beta", "relative_position_bias_table"]
 # `--model nano`: a MaxViT with every part of the architecture at a small
@@ -52,15 +67,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="imagenet",
         help="'imagenet' (default), another checkpoint name or file, or 'none' for random init",
     )
-    parser.add_argument("--image-size", type=int, default=224, help="input side, at least 32")
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--head-epochs", type=int, default=2, help="phase 1: head only (0 to skip)")
-    parser.add_argument("--epochs", type=int, default=8, help="phase 2: all layers")
-    parser.add_argument("--head-lr", type=float, default=1e-3)
-    parser.add_argument("--lr", type=float, default=1e-4, help="peak learning rate of phase 2")
-    parser.add_argument("--weight-decay", type=float, default=0.05)
-    parser.add_argument("--drop-path-rate", type=float, default=0.1)
-    parser.add_argument("--patience", type=int, default=5, help="early stopping patience")
+    parser.add_argument(
+        "--image-size", type=arguments.image_side, default=224, help="input side, at least 32"
+    )
+    parser.add_argument("--batch-size", type=arguments.positive_int, default=32)
+    parser.add_argument(
+        "--head-epochs",
+        type=arguments.non_negative_int,
+        default=2,
+        help="phase 1: head only (0 to skip)",
+    )
+    parser.add_argument(
+        "--epochs", type=arguments.non_negative_int, default=8, help="phase 2: all layers"
+    )
+    parser.add_argument("--head-lr", type=arguments.positive_float, default=1e-3)
+    parser.add_argument(
+        "--lr", type=arguments.positive_float, default=1e-4, help="peak learning rate of phase 2"
+    )
+    parser.add_argument("--weight-decay", type=arguments.non_negative_float, default=0.05)
+    parser.add_argument("--drop-path-rate", type=arguments.rate, default=0.1)
+    parser.add_argument(
+        "--patience", type=arguments.non_negative_int, default=5, help="early stopping patience"
+    )
     parser.add_argument(
         "--precision", default="float32", choices=("float32", "mixed_bfloat16", "mixed_float16")
     )
@@ -72,11 +100,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--jit-compile", default="auto", choices=("auto", "true", "false"))
     parser.add_argument("--distribute", action="store_true", help="all devices (JAX, TensorFlow)")
     parser.add_argument("--output-dir", default="runs/maxvit", help="checkpoints, log and plot")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=arguments.non_negative_int, default=0)
+
+
+def _epoch_seed(seed: int, epoch: int) -> int:
+    """A seed for epoch `epoch` of a run with `--seed` (a Python int: tensor seeds
+    fail under a global seed of 0)."""
+    return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
 
 
 def load_datasets(args):
-    """(train, validation, class_names) as unbatched `tf.data` of (uint8 image, label)."""
+    """(train, validation, class_names): `train(epoch)` and `validation` are
+    unbatched `tf.data` of (uint8 image, label). Each epoch reads the training
+    images in an order of its own, a function of `(--seed, epoch)` alone."""
     import tensorflow as tf
 
     if args.data_dir:
@@ -93,7 +129,8 @@ def load_datasets(args):
         val = keras.utils.image_dataset_from_directory(args.data_dir, subset="validation", **common)
         names = list(train.class_names)
         cast = lambda x, y: (tf.cast(x, tf.uint8), y)  # noqa: E731
-        return train.map(cast), val.map(cast), names
+        load = _files_by_epoch(train.file_paths, args.data_dir, names, args.image_size, args.seed)
+        return (lambda epoch: load(epoch).map(cast)), val.map(cast), names
 
     import tensorflow_datasets as tfds
 
@@ -108,32 +145,117 @@ def load_datasets(args):
         split = ["train", "test"]
     else:
         split = ["train[:85%]", "train[85%:]"]
-    train, val = builder.as_dataset(split=split, as_supervised=True, shuffle_files=True)
+    val = builder.as_dataset(split=split[1], as_supervised=True)
     names = builder.info.features["label"].names
+
+    def train(epoch):
+        # The files in an order of this epoch's (tfds reshuffles them otherwise
+        # at every iteration, which a resumed run could not repeat).
+        read_config = tfds.ReadConfig(
+            shuffle_seed=_epoch_seed(args.seed, epoch), shuffle_reshuffle_each_iteration=False
+        )
+        return builder.as_dataset(
+            split=split[0], as_supervised=True, shuffle_files=True, read_config=read_config
+        )
+
     return train, val, names
 
 
-def make_pipeline(dataset, image_size: int, batch_size: int, training: bool, seed: int = 0):
-    """Resize (and augment when training), batch and prefetch; pixels stay in [0, 255]."""
+def _files_by_epoch(paths, directory: str, class_names, image_size: int, seed: int):
+    """`epoch -> dataset` of the images of `paths` as `image_dataset_from_directory`
+    loads them, in a permutation of `(seed, epoch)` (Keras' own dataset
+    reshuffles at every iteration, which a resumed run could not repeat)."""
     import tensorflow as tf
 
-    def prepare(image, label):
+    labels = [class_names.index(os.path.relpath(p, directory).split(os.sep)[0]) for p in paths]
+
+    def load(path, label):
+        image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+        image = tf.image.resize(image, (image_size, image_size))
+        image.set_shape((image_size, image_size, 3))
+        return image, label
+
+    def for_epoch(epoch):
+        order = np.random.default_rng(_epoch_seed(seed, epoch)).permutation(len(paths))
+        dataset = tf.data.Dataset.from_tensor_slices(
+            ([paths[i] for i in order], tf.constant([labels[i] for i in order], tf.int32))
+        )
+        return dataset.map(load, num_parallel_calls=tf.data.AUTOTUNE)
+
+    return for_epoch
+
+
+def make_pipeline(
+    dataset,
+    image_size: int,
+    batch_size: int,
+    training: bool,
+    seed: int = 0,
+    epochs: tuple[int, int] = (0, 1),
+):
+    """Resize (and augment when training), batch and prefetch; pixels stay in [0, 255].
+
+    For training, `dataset` may be a function `epoch -> dataset` (each epoch
+    its own read order, see `load_datasets`); the result is the batches of
+    epochs `epochs[0]` to `epochs[1] - 1` one after another (full batches
+    only): each epoch's shuffle, crops and flips are a function of
+    `(seed, epoch)` alone (stateless random ops), so a resumed run gets the
+    batches the interrupted one would have had.
+    """
+    import tensorflow as tf
+
+    def prepare(image, label, key=None):
         image = tf.cast(image, tf.float32)
         if image.shape.rank == 3 and image.shape[-1] == 1:
             image = tf.image.grayscale_to_rgb(image)
-        if training:
+        if key is not None:
+            crop_key, flip_key = tf.unstack(tf.random.experimental.stateless_split(key, 2))
             larger = int(image_size * 1.15)
             image = tf.image.resize(image, (larger, larger), method="bicubic")
-            image = tf.image.random_crop(image, (image_size, image_size, 3))
-            image = tf.image.random_flip_left_right(image)
+            image = tf.image.stateless_random_crop(image, (image_size, image_size, 3), crop_key)
+            image = tf.image.stateless_random_flip_left_right(image, flip_key)
         else:
             image = tf.image.resize(image, (image_size, image_size), method="bicubic")
         return tf.clip_by_value(image, 0.0, 255.0), label
 
-    if training:
-        dataset = dataset.shuffle(2048, seed=seed, reshuffle_each_iteration=True)
-    dataset = dataset.map(prepare, num_parallel_calls=tf.data.AUTOTUNE)
-    return dataset.batch(batch_size, drop_remainder=training).prefetch(tf.data.AUTOTUNE)
+    if not training:
+        dataset = dataset.map(prepare, num_parallel_calls=tf.data.AUTOTUNE)
+        return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+    def epoch_batches(epoch):
+        # Python integers as seeds: a tensor seed fails under a global seed of 0.
+        key = [int(k) for k in np.random.SeedSequence([seed, epoch]).generate_state(2)]
+        source = dataset(epoch) if callable(dataset) else dataset
+        shuffled = source.shuffle(2048, seed=key[0], reshuffle_each_iteration=False)
+
+        def augment(index, example):
+            return prepare(*example, tf.stack([tf.constant(key[1], tf.int64), index]))
+
+        keyed = shuffled.enumerate().map(augment, num_parallel_calls=tf.data.AUTOTUNE)
+        return keyed.batch(batch_size, drop_remainder=True)
+
+    first, last = epochs
+    batches = epoch_batches(first)
+    for epoch in range(first + 1, last):
+        batches = batches.concatenate(epoch_batches(epoch))
+    return batches.prefetch(tf.data.AUTOTUNE)
+
+
+def _synchronized(args) -> bool:
+    """Synchronized BatchNorm for `--distribute` on TensorFlow (MirroredStrategy
+    replicas see part of the batch each; JAX's DataParallel sees it whole)."""
+    return bool(args.distribute) and keras.backend.backend() == "tensorflow"
+
+
+def set_batch_norm(model, **attributes) -> None:
+    """Sets BatchNorm attributes (`momentum`, `synchronized`) on every
+    BatchNormalization and MBConv layer, so they are in the saved config."""
+    from keras_maxvit.layers import MBConv
+
+    for layer in model._flatten_layers(include_self=False):
+        if isinstance(layer, (keras.layers.BatchNormalization, MBConv)):
+            for name, value in attributes.items():
+                setattr(layer, name, value)
 
 
 def build_model(args, classes: int):
@@ -159,10 +281,13 @@ def build_model(args, classes: int):
     if weights is None:
         # From scratch, BatchNorm statistics must follow the data within a
         # few hundred steps: the default momentum 0.99 would keep them near
-        # their initial values for inference.
-        for layer in model._flatten_layers(include_self=False):
-            if isinstance(layer, keras.layers.BatchNormalization):
-                layer.momentum = 0.9
+        # their initial values for inference. MBConv's own `momentum`
+        # keeps it in `.keras` files (its BatchNorms are built from it).
+        set_batch_norm(model, momentum=0.9)
+    if _synchronized(args):
+        # For this run: `save_portable` keeps it out of the .keras files, which
+        # load under every backend (Keras refuses synchronized=True off TensorFlow).
+        set_batch_norm(model, synchronized=True)
     return model
 
 
@@ -192,23 +317,6 @@ def compile_phase(model, phase: int, args, steps_per_epoch: int) -> None:
         metrics=["accuracy"],
         jit_compile=jit,
     )
-
-
-class _RunState(keras.callbacks.Callback):
-    """Saves the last model and the next epoch to resume from, after every epoch."""
-
-    def __init__(self, output_dir: str, phase: int):
-        super().__init__()
-        self.output_dir = output_dir
-        self.phase = phase
-
-    def on_epoch_end(self, epoch, logs=None):
-        last = os.path.join(self.output_dir, "last.keras")
-        temporary = os.path.join(self.output_dir, ".last.partial.keras")
-        self.model.save(temporary)
-        os.replace(temporary, last)
-        with open(os.path.join(self.output_dir, "state.json"), "w") as f:
-            json.dump({"next_epoch": epoch + 1, "phase": self.phase}, f)
 
 
 def plot_curves(log_path: str, png_path: str, head_epochs: int) -> None:
@@ -254,6 +362,11 @@ def _distribution_scope(args):
 
 def run(args) -> dict:
     """Runs (or resumes) the two-phase fine-tuning; returns the final metrics and paths."""
+    if args.head_epochs + args.epochs < 1:
+        raise ValueError(
+            "Nothing to train: --head-epochs and --epochs are both 0. "
+            f"Received: --head-epochs={args.head_epochs}, --epochs={args.epochs}"
+        )
     keras.utils.set_random_seed(args.seed)
     if args.precision != "float32":
         keras.mixed_precision.set_global_policy(args.precision)
@@ -269,53 +382,86 @@ def run(args) -> dict:
         )
     }
     train_raw, val_raw, names = load_datasets(args)
-    train = make_pipeline(train_raw, args.image_size, args.batch_size, True, args.seed)
     val = make_pipeline(val_raw, args.image_size, args.batch_size, False)
-    steps = int(train.cardinality())
-    if steps <= 0:
-        steps = sum(1 for _ in train)
+    examples = int(train_raw(0).cardinality())
+    if examples < 0:
+        examples = sum(1 for _ in train_raw(0))
+    steps = examples // args.batch_size
+    if steps == 0:
+        raise ValueError(
+            "`--batch-size` must be at most the number of training images "
+            f"({examples}). Received: --batch-size={args.batch_size}"
+        )
 
-    start = 0
-    if os.path.isfile(paths["state"]) and os.path.isfile(paths["last"]):
-        with open(paths["state"]) as f:
-            start = json.load(f)["next_epoch"]
+    state = read_state(paths)
+    start = state["next_epoch"] if state else 0
+    if state:
         print(f"Resuming from {paths['last']} at epoch {start + 1}")
+        truncate_log(paths["log"], start)
+    else:
+        previous = set_aside(paths)
+        if previous:
+            print(f"Moved the files of an earlier run that cannot be resumed to {previous}")
 
+    best = state["best"] if state else None
     scope = _distribution_scope(args)
     with scope:
         if start:
-            model = keras.saving.load_model(paths["last"], safe_mode=True, compile=False)
+            # compile=True: the optimizer state of the last epoch comes along.
+            model = keras.saving.load_model(paths["last"], safe_mode=True)
+            saved_optimizer = getattr(model, "optimizer", None)
+            if _synchronized(args):
+                set_batch_norm(model, synchronized=True)
+            generators = seed_generators(model)
+            for path, value in state["seed_states"].items():
+                if path in generators:
+                    state_variable = generators[path].state
+                    state_variable.assign(np.array(value, dtype=state_variable.dtype))
         else:
             model = build_model(args, len(names))
         total = args.head_epochs + args.epochs
         for phase, first, last in ((1, 0, args.head_epochs), (2, args.head_epochs, total)):
             if start >= last:
                 continue
+            # Within a phase, an interrupted run continues; a phase starts afresh.
+            resumed = state if state and state["phase"] == phase and start > first else None
             set_backbone_trainable(model, phase == 2)
             compile_phase(model, phase, args, steps)
-            if start > first:  # resumed: continue the learning-rate schedule
-                model.optimizer.iterations.assign((start - first) * steps)
+            if resumed:
+                restore_optimizer(model, saved_optimizer)
+            initial = max(first, start)
             print(
                 f"Phase {phase}: {'head only' if phase == 1 else 'all layers'}, "
-                f"epochs {max(first, start) + 1}-{last}"
+                f"epochs {initial + 1}-{last}"
+            )
+            checkpoint = BestModel(paths["best"], "val_accuracy", best, paths["state"])
+            early_stopping = ResumableEarlyStopping(
+                resumed=resumed["early_stopping"] if resumed else None,
+                monitor="val_accuracy",
+                patience=args.patience,
+                restore_best_weights=False,
+            )
+            run_state = RunState(paths, phase, checkpoint, early_stopping)
+            train = make_pipeline(
+                train_raw, args.image_size, args.batch_size, True, args.seed, (initial, last)
             )
             model.fit(
                 train,
+                steps_per_epoch=steps,
                 validation_data=val,
-                initial_epoch=max(first, start),
+                initial_epoch=initial,
                 epochs=last,
                 callbacks=[
-                    keras.callbacks.ModelCheckpoint(
-                        paths["best"], monitor="val_accuracy", save_best_only=True
-                    ),
-                    keras.callbacks.EarlyStopping(
-                        monitor="val_accuracy", patience=args.patience, restore_best_weights=False
-                    ),
+                    checkpoint,
+                    early_stopping,
                     keras.callbacks.CSVLogger(paths["log"], append=True),
-                    _RunState(args.output_dir, phase),
+                    run_state,
                 ],
                 verbose=1 if os.environ.get("KERAS_MAXVIT_QUIET") is None else 2,
             )
+            best = monitored_value(checkpoint.best)
+            if early_stopping.stopped_epoch:  # a rerun goes on with the next phase
+                run_state.write(last)
 
     best = keras.saving.load_model(paths["best"], safe_mode=True)
     loss, accuracy = best.evaluate(val, verbose=0)

@@ -12,8 +12,14 @@ import warnings
 
 import numpy as np
 
+from keras_maxvit.normalization import cache_metadata
 from keras_maxvit.presets import PRESETS
-from keras_maxvit.timm_convert import convert_state_dict, resize_bias_table, timm_key
+from keras_maxvit.timm_convert import (
+    convert_state_dict,
+    is_maxvit_layer,
+    resize_bias_table,
+    timm_key,
+)
 
 # Marks the converted files that keras_maxvit writes to its own cache.
 _CACHE_FORMAT = {"format": "keras_maxvit", "layout": "keras"}
@@ -62,7 +68,7 @@ def read_torch_checkpoint(path: str) -> dict[str, np.ndarray]:
 
 
 def state_from_keras_file(path: str) -> dict[str, np.ndarray]:
-    """The state of a keras_maxvit model saved as a `.keras` file."""
+    """The state of the MaxViT in a model saved as a `.keras` file (it may be nested)."""
     import keras
 
     try:
@@ -71,15 +77,62 @@ def state_from_keras_file(path: str) -> dict[str, np.ndarray]:
         raise ValueError(
             f"Could not load {path!r} as a keras_maxvit `.keras` model: {type(e).__name__}: {e}"
         ) from e
+    try:
+        named = maxvit_weights(source)
+    except ValueError as e:
+        raise ValueError(f"{path!r} holds no keras_maxvit MaxViT model: {e}") from e
     state = {}
-    for variable in source.weights:
+    for variable_path, variable in named:
         try:
-            state[timm_key(variable.path)] = keras.ops.convert_to_numpy(variable)
+            state[timm_key(variable_path)] = keras.ops.convert_to_numpy(variable)
         except KeyError as e:
             raise ValueError(
                 f"{path!r} is not a keras_maxvit MaxViT model: it has the weight {variable.path!r}."
             ) from e
     return state
+
+
+def _is_maxvit(model) -> bool:
+    return any(layer.name == "stem_conv1" for layer in getattr(model, "layers", ()))
+
+
+def maxvit_weights(model) -> list:
+    """`(path below the MaxViT, variable)` for every weight of the MaxViT in `model`.
+
+    `model` is a keras_maxvit MaxViT, or a model that holds exactly one (a
+    `Sequential` or functional wrapper, a subclassed model, or one graph of a
+    MaxViT built on `input_tensor` and the user's own layers, which are left
+    out). Paths start at
+    the MaxViT's own layer (`stem_conv1/kernel`) whatever name scopes the
+    model was built in (`encoder/stem_conv1/kernel`), so checkpoint keys do
+    not depend on where the MaxViT sits.
+    """
+    import keras
+
+    if _is_maxvit(model):
+        core = model
+    else:
+        found = [
+            layer
+            for layer in model._flatten_layers(include_self=False)
+            if isinstance(layer, keras.Model) and _is_maxvit(layer)
+        ]
+        if len(found) != 1:
+            raise ValueError(
+                f"Model {model.name!r} holds {len(found)} keras_maxvit MaxViT models; "
+                "weights load into one. Pass the MaxViT itself."
+            )
+        core = found[0]
+    named = []
+    for layer in core.layers:
+        if not is_maxvit_layer(layer.name):  # a user's own layers in the same graph
+            continue
+        for variable in layer.weights:
+            parts = variable.path.split("/")
+            # Scopes above the MaxViT come first; its top-level layer's name starts the key.
+            start = parts.index(layer.name) if layer.name in parts else 0
+            named.append(("/".join(parts[start:]), variable))
+    return named
 
 
 HF_PREFIX = "hf://timm/"
@@ -173,7 +226,7 @@ def keras_cache_path(tag: str) -> str:
 
 
 def _write_cache(path: str, state: dict, tag: str) -> None:
-    """Writes converted weights to a temporary file, then renames it into place."""
+    """Writes converted weights and their preprocessing to a temporary file, then into place."""
     from safetensors.numpy import save_file
 
     directory = os.path.dirname(path)
@@ -183,7 +236,9 @@ def _write_cache(path: str, state: dict, tag: str) -> None:
         os.close(handle)
         try:
             arrays = {k: np.ascontiguousarray(v) for k, v in state.items()}
-            save_file(arrays, temporary, metadata=dict(_CACHE_FORMAT, source=f"timm/{tag}"))
+            # The checkpoint's preprocessing travels with its weights (mean/std, eval transform).
+            metadata = dict(_CACHE_FORMAT, source=f"timm/{tag}", **cache_metadata(tag))
+            save_file(arrays, temporary, metadata=metadata)
             os.replace(temporary, path)
         finally:
             if os.path.exists(temporary):
@@ -218,7 +273,7 @@ def pretrained_state(tag: str) -> tuple[dict, str]:
 
 
 def load_state(model, state, source: str = "the checkpoint", skip_classifier: bool = False) -> None:
-    """Copies a state (timm keys, Keras layout) into `model`.
+    """Copies a state (timm keys, Keras layout) into the MaxViT of `model`.
 
     Every Keras weight must find its tensor, with the right shape, and every
     tensor of the state must be used (the classification head's may be left
@@ -229,8 +284,8 @@ def load_state(model, state, source: str = "the checkpoint", skip_classifier: bo
     assignments = []
     used = set()
     skipped = set()
-    for variable in model.weights:
-        key = timm_key(variable.path)
+    for variable_path, variable in maxvit_weights(model):
+        key = timm_key(variable_path)
         if skip_classifier and key.startswith("head.fc."):
             skipped.add(key)
             continue

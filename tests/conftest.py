@@ -98,6 +98,23 @@ def save_timm_checkpoint(model, path) -> str:
     return str(path)
 
 
+# For the commands and example scripts as a user runs them: under the default
+# backend only (KERAS_BACKEND unset is TensorFlow). What they compute on each
+# backend is proven by the parity, export and training tests, which run on all three.
+default_backend_only = pytest.mark.skipif(
+    keras.backend.backend() != "tensorflow",
+    reason="a command or example as typed, under the default backend (TensorFlow)",
+)
+
+
+# For what does not depend on the backend (downloads and caches, weight shapes):
+# checked once, under the default backend.
+backend_independent = pytest.mark.skipif(
+    keras.backend.backend() != "tensorflow",
+    reason="backend-independent (files, caches, weight shapes): checked under TensorFlow",
+)
+
+
 def assert_close_to_reference(ours, reference, rel_tol=1e-4):
     """max |ours - ref| <= rel_tol * max |ref|, the parity criterion."""
     assert ours.shape == reference.shape, (ours.shape, reference.shape)

@@ -213,6 +213,74 @@ CASES = [
         ValueError,
         "broken.keras",
     ),
+    # --- architecture and flags (issue 15: each names itself, not a Keras layer's argument) ---
+    (
+        "unknown classifier_activation",
+        lambda d: small(classifier_activation="sotfmax"),
+        ValueError,
+        "classifier_activation='sotfmax'",
+    ),
+    ("include_top not a bool", lambda d: small(include_top="no"), TypeError, "include_top='no'"),
+    (
+        "include_preprocessing not a bool",
+        lambda d: small(include_preprocessing=1),
+        TypeError,
+        "include_preprocessing=1",
+    ),
+    (
+        "stem_filters 0",
+        lambda d: keras_maxvit.MaxViT(**dict(SMALL_CONFIG, stem_filters=0)),
+        ValueError,
+        "stem_filters=0",
+    ),
+    (
+        "head_size 0",
+        lambda d: keras_maxvit.MaxViT(**SMALL_CONFIG, head_size=0),
+        ValueError,
+        "head_size=0",
+    ),
+    (
+        "head_hidden_size -1",
+        lambda d: keras_maxvit.MaxViT(**dict(SMALL_CONFIG, head_hidden_size=-1)),
+        ValueError,
+        "head_hidden_size=-1",
+    ),
+    (
+        "a stage of depth 0",
+        lambda d: keras_maxvit.MaxViT(**dict(SMALL_CONFIG, depths=(1, 0, 1, 1))),
+        ValueError,
+        "depths=(1, 0, 1, 1)",
+    ),
+    (
+        "a fractional depth",
+        lambda d: keras_maxvit.MaxViT(**dict(SMALL_CONFIG, depths=(1, 1.5, 1, 1))),
+        ValueError,
+        "depths=(1, 1.5, 1, 1)",
+    ),
+    (
+        "backbone variant with a negative stem width",
+        lambda d: keras_maxvit.MaxViTBackbone(dict(SMALL_CONFIG, stem_filters=-4)),
+        ValueError,
+        "stem_filters=-4",
+    ),
+    (
+        "preprocess_input resolution not a number",
+        lambda d: keras_maxvit.preprocess_input(FLOATS, resolution="224"),
+        TypeError,
+        "resolution='224'",
+    ),
+    (
+        "preprocess_input of 4 channels",
+        lambda d: keras_maxvit.preprocess_input(np.zeros((1, 8, 8, 4))),
+        ValueError,
+        "x.shape=(1, 8, 8, 4)",
+    ),
+    (
+        "preprocess_input of strings",
+        lambda d: keras_maxvit.preprocess_input(np.full((1, 8, 8, 3), "a")),
+        TypeError,
+        "x.dtype=",
+    ),
     # --- images at call time ---
     ("image without batch axis", call({}, FLOATS[0]), ValueError, "images.shape=(64, 64, 3)"),
     (

@@ -1,5 +1,6 @@
 """The `keras-maxvit` command and the ImageNet helpers, against timm."""
 
+import json
 import os
 import subprocess
 import sys
@@ -8,7 +9,12 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
-from conftest import assert_close_to_reference, perturb_timm_model, save_timm_checkpoint
+from conftest import (
+    assert_close_to_reference,
+    default_backend_only,
+    perturb_timm_model,
+    save_timm_checkpoint,
+)
 
 import keras_maxvit
 from keras_maxvit import cli
@@ -42,7 +48,7 @@ PRESETS_TO_TIMM = {
         "interpolation": p["interpolation"],
         "mean": p["mean"],
         "std": p["std"],
-        "crop_mode": "center",
+        "crop_mode": p["crop_mode"],
     }
     for tag, p in PRESETS.items()
 }
@@ -59,7 +65,9 @@ PRESETS_TO_TIMM = {
 def test_eval_transform_and_preprocess_input_match_timm(tag, width, height, tmp_path):
     path = _image(tmp_path / "image.png", width, height, seed=width)
     preset = PRESETS[tag]
-    pixels = load_eval_image(path, preset["resolution"], preset["crop_pct"])
+    pixels = load_eval_image(
+        path, preset["resolution"], preset["crop_pct"], crop_mode=preset["crop_mode"]
+    )
     ours = keras_maxvit.preprocess_input(pixels, weights=tag)
     np.testing.assert_allclose(ours, _timm_eval_input(path, tag), atol=1e-5)
     alias = keras_maxvit.preprocess_input(
@@ -151,6 +159,61 @@ def test_predict_and_convert_match_timm(tiny_checkpoint, tmp_path, capsys):
     assert out_path.read_bytes() == before
 
 
+def test_predict_uses_the_eval_transform_and_normalization_a_file_records(
+    tmp_path, capsys, monkeypatch
+):
+    """A timm export whose config.json says 64x64, squash, crop_pct 0.9, 0.5/0.5."""
+    import functools
+
+    import timm.data
+    import torch
+    from conftest import SMALL_CONFIG
+    from PIL import Image
+    from test_preprocessing import _timm_export
+
+    overrides = dict(input_size=(3, 64, 64), crop_pct=0.9, crop_mode="squash", pool_size=None)
+    reference, checkpoint = _timm_export(
+        tmp_path / "export", "maxvit_tiny_tf_384.in1k", size=64, **overrides
+    )
+    config = json.loads((tmp_path / "export" / "config.json").read_text())["pretrained_cfg"]
+    assert config["crop_mode"] == "squash" and config["mean"] == [0.5] * 3
+    transform = timm.data.create_transform(**timm.data.resolve_data_config(pretrained_cfg=config))
+    images = [_image(tmp_path / f"{i}.png", 150 + 70 * i, 120, seed=i) for i in range(2)]
+    with torch.no_grad():
+        inputs = []
+        for path in images:
+            with Image.open(path) as image:
+                inputs.append(transform(image.convert("RGB")))
+        expected = torch.softmax(reference(torch.stack(inputs)), -1).numpy()
+    # The small configuration stands in for a variant (the command builds variants).
+    small = functools.partial(keras_maxvit.MaxViT, **SMALL_CONFIG)
+    monkeypatch.setattr(cli, "_constructor", lambda variant: small)
+    assert cli.main(["predict", *images, "--weights", checkpoint, "--top", "3"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    for i, path in enumerate(images):
+        block = out[out.index(path) + 1 : out.index(path) + 4]
+        best = np.argsort(expected[i])[::-1][:3]
+        for line, index in zip(block, best, strict=True):
+            assert f"class {index}:" in line
+            assert float(line.rsplit(":", 1)[1]) == pytest.approx(expected[i, index], abs=1e-4)
+
+
+def test_predict_takes_each_presets_eval_transform():
+    for tag, preset in PRESETS.items():
+        transform = cli._eval_transform(tag, tag, preset["resolution"])
+        assert transform == {
+            "crop_pct": preset["crop_pct"],
+            "crop_mode": preset["crop_mode"],
+            "interpolation": "bicubic",
+        }
+    assert cli._eval_transform(None, "none.safetensors", 384)["crop_mode"] == "squash"
+    assert cli._eval_transform(None, "none.safetensors", 224) == {
+        "crop_pct": 0.95,
+        "crop_mode": "center",
+        "interpolation": "bicubic",
+    }
+
+
 @pytest.mark.parametrize(
     "argv,message",
     [
@@ -176,6 +239,7 @@ def test_bad_arguments_give_one_line_and_nonzero_exit(argv, message, tmp_path, c
     assert len(err) == 1 and err[0].startswith("keras-maxvit: error:") and message in err[0]
 
 
+@default_backend_only
 def test_console_script_help():
     script = Path(sys.executable).parent / "keras-maxvit"
     for command in ([], ["list"], ["predict"], ["convert"], ["fit"]):
@@ -190,6 +254,7 @@ def test_console_script_help():
         assert "usage: keras-maxvit" in result.stdout
 
 
+@default_backend_only
 def test_readme_commands_with_checkpoint_names(tmp_path):
     """`predict --weights imagenet` and `convert <tag>` through a local Hub cache."""
     import timm
@@ -230,3 +295,33 @@ def test_readme_commands_with_checkpoint_names(tmp_path):
     model = keras.saving.load_model(out_path, safe_mode=True)
     raw = load_eval_image(image, 224, 0.95)[None]
     assert_close_to_reference(keras.ops.convert_to_numpy(model(raw))[0], probs)
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["fit", "--batch-size", "0"], "argument --batch-size: must be a positive integer"),
+        (["fit", "--image-size", "16"], "argument --image-size: must be an integer of at least 32"),
+        (["fit", "--epochs", "two"], "argument --epochs: must be an integer. Received: 'two'"),
+        (["fit", "--lr=-1e-3"], "argument --lr: must be a positive number"),
+        (["fit", "--drop-path-rate", "1.5"], "argument --drop-path-rate: must be in [0, 1)"),
+        (["fit", "--patience", "-1"], "argument --patience: must be 0 or more"),
+        (["predict", "a.png", "--top", "0"], "argument --top: must be a positive integer"),
+        (["predict", "a.png", "--size", "16"], "argument --size: must be an integer of at least"),
+        (["convert", "x", "--out", "y.keras", "--size", "big"], "argument --size: must be an"),
+    ],
+)
+def test_bad_option_values_name_the_option(argv, message, capsys):
+    with pytest.raises(SystemExit) as info:
+        cli.main(argv)
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and "Received:" in err
+
+
+def test_fit_with_nothing_to_train_names_both_options(tmp_path, capsys):
+    argv = ["fit", "--head-epochs", "0", "--epochs", "0", "--output-dir", str(tmp_path / "run")]
+    assert cli.main(argv) == 1
+    err = capsys.readouterr().err
+    assert "--head-epochs=0, --epochs=0" in err
+    assert not (tmp_path / "run").exists()

@@ -5,9 +5,8 @@ import os
 import pathlib
 import shlex
 
-import keras
 import numpy as np
-import pytest
+from conftest import default_backend_only
 
 from keras_maxvit import training
 
@@ -21,6 +20,7 @@ def _load(name):
     return module
 
 
+@default_backend_only
 def test_quickstart_classifies_the_generated_image(capsys):
     quickstart = _load("quickstart")
     quickstart.main(["--no-summary"])
@@ -38,10 +38,7 @@ def test_generated_image_is_deterministic():
     np.testing.assert_array_equal(image, quickstart.load_image(None, 64))
 
 
-@pytest.mark.skipif(
-    keras.backend.backend() != "tensorflow",
-    reason="the README quick start runs the default backend, TensorFlow",
-)
+@default_backend_only
 def test_readme_quick_start_fit_reaches_90_percent(tmp_path, monkeypatch):
     """The exact `keras-maxvit fit` arguments of the README quick start."""
     readme = (EXAMPLES.parent / "README.md").read_text()

@@ -11,6 +11,7 @@ import pytest
 from conftest import (
     SMALL_CONFIG,
     assert_close_to_reference,
+    backend_independent,
     save_timm_checkpoint,
     timm_forward,
     timm_small_model,
@@ -46,6 +47,7 @@ def trainable_count(model):
     return sum(int(np.prod(v.shape)) for v in model.trainable_weights)
 
 
+@backend_independent
 @pytest.mark.parametrize("variant", list(VARIANTS))
 def test_parameter_count_equals_timm(variant):
     import timm
@@ -273,6 +275,48 @@ def test_keras_model_file_as_weights_at_another_resolution(tmp_path):
     larger = small_model(weights=str(path), input_shape=(128, 128, 3))
     from_checkpoint = small_model(weights=checkpoint, input_shape=(128, 128, 3))
     for a, b in zip(larger.weights, from_checkpoint.weights, strict=True):
+        np.testing.assert_array_equal(to_numpy(a), to_numpy(b))
+
+
+def test_weights_load_into_a_maxvit_in_a_name_scope_or_a_wrapper(tmp_path):
+    from keras_maxvit.weights import load_weights
+
+    reference = timm_small_model()
+    checkpoint = save_timm_checkpoint(reference, tmp_path / "small.safetensors")
+    images = np.random.default_rng(10).normal(size=(2, 64, 64, 3)).astype("float32")
+    # Built in a name scope: variable paths start with "encoder/".
+    with keras.name_scope("encoder"):
+        scoped = small_model(
+            weights=checkpoint, include_preprocessing=False, classifier_activation=None
+        )
+    assert scoped.weights[0].path.startswith("encoder/")
+    assert_close_to_reference(to_numpy(scoped(images)), timm_forward(reference, images))
+
+    # Nested in a Sequential: the MaxViT inside loads, the wrapper's own head is left alone.
+    features = timm_forward(reference, images, features=True).mean(axis=(1, 2))
+    inner = small_model(include_top=False, include_preprocessing=False, pooling="avg")
+    wrapper = keras.Sequential([keras.Input((64, 64, 3)), inner, keras.layers.Dense(3)])
+    head = [to_numpy(w) for w in wrapper.layers[-1].weights]
+    load_weights(wrapper, checkpoint)
+    assert_close_to_reference(to_numpy(inner(images)), features)
+    for before, after in zip(head, wrapper.layers[-1].weights, strict=True):
+        np.testing.assert_array_equal(before, to_numpy(after))
+
+    # keras.applications style: the MaxViT on `input_tensor`, the user's head in the same graph.
+    inputs = keras.Input((64, 64, 3))
+    base = small_model(
+        input_tensor=inputs, include_top=False, include_preprocessing=False, pooling="avg"
+    )
+    graph = keras.Model(inputs, keras.layers.Dense(3, name="my_head")(base.output))
+    load_weights(graph, checkpoint)
+    assert_close_to_reference(to_numpy(base(images)), features)
+
+    # The wrapper saved as .keras serves as weights of a plain MaxViT.
+    wrapper.save(tmp_path / "wrapper.keras")
+    plain = small_model(
+        weights=str(tmp_path / "wrapper.keras"), include_top=False, include_preprocessing=False
+    )
+    for a, b in zip(plain.weights, inner.weights, strict=True):
         np.testing.assert_array_equal(to_numpy(a), to_numpy(b))
 
 

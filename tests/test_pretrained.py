@@ -7,7 +7,12 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import assert_close_to_reference, perturb_timm_model, timm_forward
+from conftest import (
+    assert_close_to_reference,
+    backend_independent,
+    perturb_timm_model,
+    timm_forward,
+)
 
 from keras_maxvit.presets import PRESETS
 from keras_maxvit.weights import resolve_checkpoint
@@ -115,6 +120,7 @@ def _run_hub_script(tmp_path, hub_cache, weights, mode="logits"):
     )
 
 
+@backend_independent
 def test_imagenet_weights_load_from_the_hub_cache_then_the_keras_cache(tmp_path):
     import timm
     import torch
@@ -157,6 +163,7 @@ def test_imagenet_weights_load_from_the_hub_cache_then_the_keras_cache(tmp_path)
     assert cached.stat().st_size == 5000  # left for the user to inspect
 
 
+@backend_independent
 def test_truncated_hub_checkpoint_names_the_file(tmp_path):
     import timm
 
@@ -234,6 +241,7 @@ def test_named_checkpoint_from_the_hub_cache_matches_timm(variant, tag, alias, t
     assert_close_to_reference(logits, expected)
 
 
+@backend_independent
 def test_missing_checkpoint_offline_names_the_repo(tmp_path):
     np.save(tmp_path / "images.npy", np.zeros((1, 224, 224, 3), "float32"))
     (tmp_path / "empty").mkdir()

@@ -9,6 +9,7 @@ import sys
 import keras
 import numpy as np
 import pytest
+from conftest import default_backend_only
 from test_pretrained import _fake_hub_cache
 
 README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
@@ -26,6 +27,7 @@ def test_readme_usage_example_runs(capsys):
     assert "(1, 1000)" in printed and "(None, 512)" in printed
 
 
+@default_backend_only
 def test_readme_pretrained_example_runs_from_a_local_hub_cache(tmp_path):
     """The checkpoints it names come from a Hub cache of random timm models."""
     import timm
@@ -61,10 +63,30 @@ def test_readme_backbone_example_runs(capsys):
     assert "'P5': (7, 7)}" in printed and "'P4': (13, 19), 'P5': (7, 10)}" in printed
 
 
+def _small_tiny(**kwargs):
+    """`MaxViTTiny` at a fraction of its depth and width: the same layers and graph structure."""
+    from conftest import SMALL_CONFIG
+
+    import keras_maxvit
+
+    return keras_maxvit.MaxViT(**SMALL_CONFIG, **kwargs)
+
+
 @pytest.mark.skipif(
     keras.backend.backend() == "torch", reason="SavedModel export needs torch_xla on PyTorch"
 )
-def test_readme_export_example_runs(capsys, tmp_path, monkeypatch):
+@pytest.mark.parametrize(
+    "full_size",
+    [False, pytest.param(True, marks=pytest.mark.slow)],
+    ids=["small", "tiny"],
+)
+def test_readme_export_example_runs(full_size, capsys, tmp_path, monkeypatch):
+    """The export example as written; by default with a small MaxViT in place of
+    MaxViT-T (exporting and converting the full model takes minutes: `nox -s slow`)."""
+    import keras_maxvit
+
+    if not full_size:
+        monkeypatch.setattr(keras_maxvit, "MaxViTTiny", _small_tiny)
     monkeypatch.chdir(tmp_path)
     exec(compile(_python_blocks()[3], str(README), "exec"), {})
     assert capsys.readouterr().out.strip().endswith("True")

@@ -6,6 +6,7 @@ import pathlib
 
 import numpy as np
 import pytest
+from conftest import default_backend_only
 
 EXAMPLES = pathlib.Path(__file__).resolve().parents[1] / "examples"
 
@@ -43,6 +44,7 @@ def test_mean_iou_against_a_hand_computed_case(segmentation):
     assert baseline == pytest.approx((4 / 8 + 0 + 0) / 3)
 
 
+@default_backend_only
 def test_short_training_run_beats_the_all_background_baseline(segmentation, tmp_path, capsys):
     """A shortened run of the example (seconds of training): real, and able to fail."""
     output_dir = tmp_path / "run"

@@ -13,6 +13,23 @@ from keras_maxvit.layers.remat import check_remat, remat_call
 from keras_maxvit.layers.stochastic_depth import StochasticDepth, check_rate, drop_path
 
 
+def check_synchronized(synchronized, argument: str = "synchronized") -> bool:
+    """Validates a `synchronized` BatchNorm flag: a bool, True only on TensorFlow."""
+    if not isinstance(synchronized, bool):
+        raise TypeError(
+            f"`{argument}` must be True or False. Received: {argument}={synchronized!r}"
+        )
+    backend = keras.backend.backend()
+    if synchronized and backend != "tensorflow":
+        raise ValueError(
+            f"`{argument}=True` needs the TensorFlow backend: Keras synchronizes "
+            "BatchNormalization statistics across replicas of a tf.distribute strategy only "
+            "(JAX's DataParallel already normalizes over the global batch). "
+            f"Received: {argument}={synchronized!r} with KERAS_BACKEND={backend}"
+        )
+    return synchronized
+
+
 @keras.saving.register_keras_serializable(package="keras_maxvit")
 class MBConv(keras.layers.Layer):
     """Pre-norm inverted-bottleneck conv block with squeeze-excite.
@@ -36,6 +53,11 @@ class MBConv(keras.layers.Layer):
         remat: If True, the block's activations are recomputed in the
             backward pass of training instead of being kept (less memory,
             about one more forward pass of compute).
+        momentum: BatchNormalization momentum of the moving statistics
+            (Keras' default 0.99; `keras-maxvit fit` from scratch uses 0.9).
+        synchronized: If True, the BatchNormalizations compute their batch
+            statistics over all replicas of a `tf.distribute` strategy
+            (TensorFlow backend only, as in Keras).
     """
 
     def __init__(
@@ -48,6 +70,8 @@ class MBConv(keras.layers.Layer):
         epsilon: float = 1e-3,
         seed: int | None = None,
         remat: bool = False,
+        momentum: float = 0.99,
+        synchronized: bool = False,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -66,12 +90,22 @@ class MBConv(keras.layers.Layer):
         self.se_ratio = se_ratio
         self.drop_path_rate = check_rate("drop_path_rate", drop_path_rate)
         self.epsilon = epsilon
+        if isinstance(momentum, bool) or not isinstance(momentum, (int, float)):
+            raise TypeError(f"`momentum` must be a number. Received: momentum={momentum!r}")
+        if not 0.0 <= momentum <= 1.0:
+            raise ValueError(f"`momentum` must be in [0, 1]. Received: momentum={momentum!r}")
+        self.momentum = float(momentum)
+        self.synchronized = check_synchronized(synchronized)
         self.seed = seed
         self.remat = check_remat(remat)
 
     def _bn(self, name):
         return keras.layers.BatchNormalization(
-            epsilon=self.epsilon, dtype=self.dtype_policy, name=name
+            momentum=self.momentum,
+            epsilon=self.epsilon,
+            synchronized=self.synchronized,
+            dtype=self.dtype_policy,
+            name=name,
         )
 
     def _conv(self, filters, name, use_bias=True):
@@ -199,6 +233,8 @@ class MBConv(keras.layers.Layer):
                 "se_ratio": self.se_ratio,
                 "drop_path_rate": self.drop_path_rate,
                 "epsilon": self.epsilon,
+                "momentum": self.momentum,
+                "synchronized": self.synchronized,
                 "seed": self.seed,
                 "remat": self.remat,
             }

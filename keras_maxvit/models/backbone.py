@@ -14,6 +14,7 @@ import keras
 
 from keras_maxvit.models.inputs import MaxViTModel
 from keras_maxvit.models.maxvit import MODEL_CONFIGS, MaxViT
+from keras_maxvit.normalization import from_scale_and_offset
 
 # Keys of a custom `variant` dict: the MaxViT builder's architecture arguments.
 _REQUIRED_KEYS = ("stem_filters", "stage_filters", "depths")
@@ -118,6 +119,12 @@ class MaxViTBackbone(MaxViTModel):
             pass (less training memory, as in `keras_maxvit.MaxViT`).
         window_size: Attention window = grid side (int or pair); None for
             `side // 32`, or 7 for an unknown size, as in `keras_maxvit.MaxViT`.
+        normalization: Mean/std of that preprocessing, as in
+            `keras_maxvit.MaxViTTiny`: `"imagenet"`, `"inception"`, a
+            `(mean, std)` pair, or None for the weights' own. `get_config()`
+            records the mean/std the backbone applies.
+        synchronized_batch_norm: BatchNorm statistics over all replicas of a
+            `tf.distribute` strategy, as in `keras_maxvit.MaxViTTiny`.
         name: Name of the model; default `"maxvit_{variant}_backbone"`.
 
     Example:
@@ -143,6 +150,8 @@ class MaxViTBackbone(MaxViTModel):
         drop_path_rate: float = 0.0,
         remat: bool = False,
         window_size: int | tuple[int, int] | None = None,
+        normalization: str | tuple | list | None = None,
+        synchronized_batch_norm: bool = False,
         name: str | None = None,
     ):
         architecture = _architecture(variant)
@@ -158,6 +167,8 @@ class MaxViTBackbone(MaxViTModel):
             drop_path_rate=drop_path_rate,
             remat=remat,
             window_size=window_size,
+            normalization=normalization,
+            synchronized_batch_norm=synchronized_batch_norm,
             name=name,
         )
         super().__init__(inputs=trunk.inputs[0], outputs=trunk.outputs[0], name=name)
@@ -169,6 +180,13 @@ class MaxViTBackbone(MaxViTModel):
         self.drop_path_rate = drop_path_rate
         self.remat = remat
         self.window_size = window_size if window_size is None else to_json_size(window_size)
+        self.synchronized_batch_norm = synchronized_batch_norm
+        # The mean/std applied, whatever chose it (a JSON-plain (mean, std) pair).
+        self.normalization = None
+        if include_preprocessing:
+            layer = trunk.get_layer("preprocessing")
+            mean, std = from_scale_and_offset(layer.scale, layer.offset)
+            self.normalization = [list(mean), list(std)]
 
     @property
     def pyramid_outputs(self) -> dict:
@@ -193,5 +211,7 @@ class MaxViTBackbone(MaxViTModel):
             "drop_path_rate": self.drop_path_rate,
             "remat": self.remat,
             "window_size": self.window_size,
+            "normalization": self.normalization,
+            "synchronized_batch_norm": self.synchronized_batch_norm,
             "name": self.name,
         }

@@ -16,7 +16,7 @@ from keras_maxvit.kernels.select import compiled_scope
 MIN_SIZE = 32
 
 
-def _dtype_and_shape(images):
+def dtype_and_shape(images):
     """The standardized dtype (None if not numeric) and shape of an array-like."""
     if isinstance(images, (list, tuple)):
         try:
@@ -30,7 +30,10 @@ def _dtype_and_shape(images):
         dtype = keras.backend.standardize_dtype(dtype)
     except ValueError:  # strings, objects, ...
         dtype = str(dtype)
-    return dtype, tuple(shape)
+    try:
+        return dtype, tuple(shape)
+    except (TypeError, ValueError):  # a tensor of unknown rank, inside a traced function
+        return dtype, None
 
 
 def check_images(images, expected_shape: tuple, argument: str = "images") -> None:
@@ -43,7 +46,7 @@ def check_images(images, expected_shape: tuple, argument: str = "images") -> Non
     checked on what is known. Anything that is not an array (a dict, a
     dataset) is left to Keras.
     """
-    dtype, shape = _dtype_and_shape(images)
+    dtype, shape = dtype_and_shape(images)
     if dtype is None:
         return
     numeric = dtype.startswith(("float", "bfloat", "int", "uint"))

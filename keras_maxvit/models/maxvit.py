@@ -13,10 +13,18 @@ from keras import layers
 
 from keras_maxvit import weights as weights_lib
 from keras_maxvit.layers import MBConv, PartitionAttentionBlock, gelu_tanh
+from keras_maxvit.layers.mbconv import check_synchronized
 from keras_maxvit.layers.partition import to_pair
 from keras_maxvit.layers.remat import check_remat
-from keras_maxvit.models.inputs import MIN_SIZE, MaxViTModel
-from keras_maxvit.presets import (
+from keras_maxvit.models.inputs import MaxViTModel
+from keras_maxvit.models.validation import check_architecture, check_arguments
+from keras_maxvit.normalization import (  # noqa: F401  default_normalization: public here
+    default_normalization,
+    model_normalization,
+    scale_and_offset,
+    validate_normalization,
+)
+from keras_maxvit.presets import (  # noqa: F401  the statistics: importable from here too
     IMAGENET_MEAN,
     IMAGENET_STD,
     INCEPTION_MEAN,
@@ -63,18 +71,6 @@ MODEL_CONFIGS = {
 NETWORK_STRIDE = 32
 # The input size of the default window (7) when the input size is unknown.
 DEFAULT_RESOLUTION = 224
-POOLING_OPTIONS = (None, "avg", "max")
-
-
-def default_normalization(image_size: tuple[int, int]):
-    """Mean and std of the ImageNet-1k checkpoint for an input size.
-
-    The official 224x224 checkpoints were trained on ImageNet mean/std
-    normalized images; the 384 and 512 ones on `(x - 0.5) / 0.5`.
-    """
-    if tuple(image_size) in ((384, 384), (512, 512)):
-        return INCEPTION_MEAN, INCEPTION_STD
-    return IMAGENET_MEAN, IMAGENET_STD
 
 
 def count_parameters(config: dict, classes: int = 1000, resolution: int = 224) -> int:
@@ -107,38 +103,6 @@ def count_parameters(config: dict, classes: int = 1000, resolution: int = 224) -
     return total + hidden * classes + classes
 
 
-def _validate_input_shape(input_shape, include_preprocessing, weights):
-    if len(input_shape) != 3:
-        raise ValueError(
-            "`input_shape` must have 3 dims (height, width, channels). "
-            f"Received: input_shape={input_shape}"
-        )
-    height, width, channels = input_shape
-    for side in (height, width):
-        if side is None:
-            continue
-        if isinstance(side, bool) or not isinstance(side, int) or side < MIN_SIZE:
-            raise ValueError(
-                f"`input_shape` height and width must be integers of at least {MIN_SIZE} "
-                f"(or None for any size). Received: input_shape={input_shape}"
-            )
-    if isinstance(channels, bool) or not isinstance(channels, int) or channels < 1:
-        raise ValueError(
-            "`input_shape` must give the number of channels as a positive integer. "
-            f"Received: input_shape={input_shape}"
-        )
-    if include_preprocessing and channels != 3:
-        raise ValueError(
-            "`include_preprocessing=True` needs 3-channel RGB input. "
-            f"Received: input_shape={input_shape}"
-        )
-    if weights is not None and channels != 3:
-        raise ValueError(
-            f"Pretrained weights (weights={weights!r}) need 3-channel RGB input. "
-            f"Received: input_shape={input_shape}"
-        )
-
-
 def _partition_size(height, width, window_size, resolution):
     """Window = grid size of the attention layers: an int or a (rows, cols) pair.
 
@@ -161,49 +125,6 @@ def _partition_size(height, width, window_size, resolution):
     return size[0] if size[0] == size[1] else size
 
 
-def _resolve_input_shape(input_shape, input_tensor):
-    if input_tensor is not None:
-        is_tensor = keras.backend.is_keras_tensor(input_tensor) or keras.ops.is_tensor(input_tensor)
-        if not is_tensor or len(input_tensor.shape) != 4:
-            raise TypeError(
-                "`input_tensor` must be a 4D Keras or backend tensor. "
-                f"Received: input_tensor={input_tensor!r}"
-            )
-        tensor_shape = tuple(input_tensor.shape)[1:]
-        if input_shape is not None and tuple(input_shape) != tensor_shape:
-            raise ValueError(
-                "`input_shape` does not match the shape of `input_tensor`. "
-                f"Received: input_shape={input_shape}, input_tensor.shape="
-                f"{(None,) + tensor_shape}"
-            )
-        return tensor_shape
-    if input_shape is None:
-        return (224, 224, 3)
-    return tuple(input_shape)
-
-
-def _validate_weights(weights):
-    if weights is None:
-        return
-    if not isinstance(weights, (str, os.PathLike)):
-        raise TypeError(
-            "`weights` must be None, 'imagenet' or a path to a weights file. "
-            f"Received: weights={weights!r}"
-        )
-    weights = os.fspath(weights)
-    if weights_lib.is_named_weights(weights):
-        return
-    if not weights.endswith(weights_lib.WEIGHTS_SUFFIXES):
-        raise ValueError(
-            "`weights` must be one of None, 'imagenet', 'imagenet21k', "
-            "'imagenet21k-ft1k', a checkpoint tag such as 'maxvit_tiny_tf_224.in1k' "
-            "(see keras_maxvit.presets.PRESETS), 'hf://timm/<tag>', or the path of a "
-            f"{', '.join(weights_lib.WEIGHTS_SUFFIXES)} file. Received: weights={weights!r}"
-        )
-    if not os.path.isfile(weights):
-        raise FileNotFoundError(f"The weights file does not exist. Received: weights={weights!r}")
-
-
 def MaxViT(
     stem_filters: int,
     stage_filters: tuple[int, ...],
@@ -221,6 +142,8 @@ def MaxViT(
     drop_path_rate: float = 0.0,
     remat: bool = False,
     window_size: int | tuple[int, int] | None = None,
+    synchronized_batch_norm: bool = False,
+    normalization: str | tuple | None = None,
     name: str = "maxvit",
 ) -> keras.Model:
     """Builds a MaxViT model of any width and depth.
@@ -239,31 +162,21 @@ def MaxViT(
         head_size: Channels per attention head.
         Others: as in `MaxViTTiny`.
     """
-    if len(stage_filters) != len(depths) or not depths:
-        raise ValueError(
-            "`stage_filters` and `depths` must be non-empty and of the same "
-            f"length. Received: stage_filters={stage_filters}, depths={depths}"
-        )
-    for filters in stage_filters:
-        if filters % head_size != 0:
-            raise ValueError(
-                f"Every stage width must be a multiple of head_size={head_size}. "
-                f"Received: stage_filters={stage_filters}"
-            )
-    _validate_weights(weights)
-    if pooling not in POOLING_OPTIONS:
-        raise ValueError(
-            f"`pooling` must be one of {POOLING_OPTIONS}. Received: pooling={pooling!r}"
-        )
-    if isinstance(classes, bool) or not isinstance(classes, int) or classes < 1:
-        raise ValueError(f"`classes` must be a positive integer. Received: classes={classes!r}")
-    if not isinstance(drop_path_rate, (int, float)) or not 0.0 <= drop_path_rate < 1.0:
-        raise ValueError(
-            f"`drop_path_rate` must be in [0, 1). Received: drop_path_rate={drop_path_rate!r}"
-        )
+    check_architecture(stem_filters, stage_filters, depths, head_hidden_size, head_size)
+    input_shape = check_arguments(
+        include_top=include_top,
+        include_preprocessing=include_preprocessing,
+        weights=weights,
+        input_tensor=input_tensor,
+        input_shape=input_shape,
+        pooling=pooling,
+        classes=classes,
+        classifier_activation=classifier_activation,
+        drop_path_rate=drop_path_rate,
+    )
     check_remat(remat)
-    input_shape = _resolve_input_shape(input_shape, input_tensor)
-    _validate_input_shape(input_shape, include_preprocessing, weights)
+    validate_normalization(normalization, include_preprocessing)
+    check_synchronized(synchronized_batch_norm, "synchronized_batch_norm")
     height, width = input_shape[0], input_shape[1]
     known_sides = [side for side in (height, width) if side is not None]
     checkpoint = None
@@ -290,20 +203,18 @@ def MaxViT(
 
     x = inputs
     if include_preprocessing:
-        if checkpoint is not None:
-            mean, std = PRESETS[checkpoint]["mean"], PRESETS[checkpoint]["std"]
-        else:
-            mean, std = default_normalization((height, width))
+        # The weights' own mean/std (the argument, the checkpoint's preset or
+        # what the weights file records), else the input size's, with a warning.
+        mean, std = model_normalization(normalization, checkpoint, weights, (height, width), 3)
+        scale, offset = scale_and_offset(mean, std)
         # (x / 255 - mean) / std as one multiply-add (a Rescaling, not a
         # Normalization layer: ONNX converters keep its constants constant).
-        x = layers.Rescaling(
-            scale=[1.0 / (255.0 * s) for s in std],
-            offset=[-m / s for m, s in zip(mean, std, strict=True)],
-            name="preprocessing",
-        )(x)
+        x = layers.Rescaling(scale=scale, offset=offset, name="preprocessing")(x)
 
     x = layers.Conv2D(stem_filters, 3, strides=2, padding="same", name="stem_conv1")(x)
-    x = layers.BatchNormalization(epsilon=1e-3, name="stem_norm1")(x)
+    x = layers.BatchNormalization(
+        epsilon=1e-3, synchronized=synchronized_batch_norm, name="stem_norm1"
+    )(x)
     x = layers.Activation(gelu_tanh, name="stem_act1")(x)
     x = layers.Conv2D(stem_filters, 3, padding="same", name="stem_conv2")(x)
 
@@ -319,6 +230,7 @@ def MaxViT(
                 strides=2 if block == 0 else 1,
                 drop_path_rate=rate,
                 remat=remat,
+                synchronized=synchronized_batch_norm,
                 name=f"{prefix}_mbconv",
             )(x)
             for partition_type in ("block", "grid"):
@@ -391,9 +303,8 @@ BASE_DOCSTRING = """Instantiates the {display} architecture.
         include_top: Whether to include the classification head (global
             average pool, LayerNorm, tanh pre-logits layer, classifier).
         include_preprocessing: If True the model takes raw RGB in `[0, 255]`
-            and normalizes it with the checkpoint's mean/std (ImageNet
-            mean/std at 224, `0.5`/`0.5` at 384 and 512); if False it takes
-            already normalized input.
+            and normalizes it with the weights' mean/std (see
+            `normalization`); if False it takes already normalized input.
         weights: None (random initialization); `"imagenet"`,
             `"imagenet21k"`, `"imagenet21k-ft1k"`, a timm tag such as
             `"maxvit_{key}_tf_224.in1k"` or `"hf://timm/<tag>"` (downloaded
@@ -421,6 +332,18 @@ BASE_DOCSTRING = """Instantiates the {display} architecture.
         window_size: Side of the attention windows and of the grid, an int
             or a `(rows, cols)` pair; None for the default above. Pretrained
             bias tables are resized to it as timm resizes them.
+        synchronized_batch_norm: If True, every BatchNormalization in
+            training mode computes its statistics over all replicas of a
+            `tf.distribute` strategy (Keras' `synchronized=True`), so a
+            data-parallel fit normalizes as one device would over the global
+            batch. TensorFlow backend only (JAX's `DataParallel` already
+            normalizes over the global batch).
+        normalization: Mean/std of the preprocessing: `"imagenet"`,
+            `"inception"` (`0.5`/`0.5`), a `(mean, std)` pair (floats or
+            3-tuples, RGB in `[0, 1]`), or None for the weights' own (a
+            checkpoint's preset; a file's metadata, timm `config.json` or
+            `.keras` preprocessing layer; else the input size's: ImageNet,
+            `0.5`/`0.5` at 384 and 512, with a warning for a file).
         name: Name of the model.
 
     Returns:
@@ -452,6 +375,8 @@ def _variant(key: str, display: str):
         drop_path_rate: float = 0.0,
         remat: bool = False,
         window_size: int | tuple[int, int] | None = None,
+        synchronized_batch_norm: bool = False,
+        normalization: str | tuple | None = None,
         name: str = f"maxvit_{key}",
     ) -> keras.Model:
         return MaxViT(
@@ -467,6 +392,8 @@ def _variant(key: str, display: str):
             drop_path_rate=drop_path_rate,
             remat=remat,
             window_size=window_size,
+            synchronized_batch_norm=synchronized_batch_norm,
+            normalization=normalization,
             name=name,
         )
 
