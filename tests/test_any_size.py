@@ -204,10 +204,8 @@ def test_unknown_size_model_trains_and_round_trips(tmp_path, checkpoint):
     rng = np.random.default_rng(12)
     images = rng.uniform(0, 255, (4, 40, 56, 3)).astype("float32")
     labels = rng.integers(0, 10, (4,))
-    before = model.evaluate(images, labels, verbose=0)
-    model.fit(images, labels, epochs=2, batch_size=4, verbose=0)
-    after = model.evaluate(images, labels, verbose=0)
-    assert np.isfinite(after) and after < before
+    losses = model.fit(images, labels, epochs=3, batch_size=4, verbose=0).history["loss"]
+    assert np.all(np.isfinite(losses)) and losses[-1] < losses[0]
     path = str(tmp_path / "dynamic.keras")
     model.save(path)
     loaded = keras.saving.load_model(path, safe_mode=True)

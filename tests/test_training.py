@@ -144,17 +144,6 @@ def test_mixed_precision_fit_stays_finite(policy):
         keras.mixed_precision.set_global_policy("float32")
 
 
-@pytest.mark.skipif(keras.backend.backend() == "torch", reason="jit_compile is XLA: TF and JAX")
-def test_jit_compiled_train_step():
-    model = small_model()
-    model.compile(keras.optimizers.SGD(0.01), "sparse_categorical_crossentropy", jit_compile=True)
-    assert model.jit_compile
-    images, labels = batch(4)
-    first = model.train_on_batch(images, labels)
-    second = model.train_on_batch(images, labels)
-    assert np.isfinite(first) and np.isfinite(second) and second < first
-
-
 PARALLEL_SCRIPT = """
 import os, sys
 import timm, torch  # before TensorFlow, as conftest does
