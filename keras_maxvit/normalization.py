@@ -204,6 +204,53 @@ def _timm_config(path: str) -> dict | None:
     return _record(fields, f"The timm config {config_path!r}")
 
 
+def _first_in_config(node, visit):
+    """Depth first, the first `visit(class_name, layer_config)` that is not None in a
+    `.keras` config (nested models included)."""
+    if isinstance(node, dict):
+        layer = node.get("config")
+        if isinstance(layer, dict):
+            found = visit(node.get("class_name"), layer)
+            if found is not None:
+                return found
+        children = node.values()
+    elif isinstance(node, list):
+        children = node
+    else:
+        return None
+    for child in children:
+        found = _first_in_config(child, visit)
+        if found is not None:
+            return found
+    return None
+
+
+def _normalization_of(class_name, layer: dict):
+    """The mean/std a layer config applies: the `preprocessing` Rescaling, a MaxViTBackbone."""
+    if class_name == "Rescaling" and layer.get("name") == "preprocessing":
+        return from_scale_and_offset(layer.get("scale"), layer.get("offset"))
+    if class_name == "MaxViTBackbone" and layer.get("include_preprocessing", True):
+        if layer.get("normalization") is not None:
+            return validate_normalization(layer["normalization"])
+        shape = layer.get("input_shape") or (224, 224, 3)
+        return default_normalization(tuple(shape[:2]))
+    return None
+
+
+def _side_of(class_name, layer: dict) -> int | None:
+    """The side of a square input of fixed size: an InputLayer's, a MaxViTBackbone's."""
+    if class_name == "InputLayer":
+        shape = (layer.get("batch_shape") or [None])[1:]
+    elif class_name == "MaxViTBackbone":
+        shape = layer.get("input_shape")
+    else:
+        return None
+    if isinstance(shape, (list, tuple)) and len(shape) == 3:
+        height, width = shape[0], shape[1]
+        return height if isinstance(height, int) and height == width else None
+    return None
+
+
 def _keras_file_normalization(path: str) -> dict | None:
     """The mean/std of the `preprocessing` layer in a `.keras` file's config, and its input side."""
     try:
@@ -211,64 +258,14 @@ def _keras_file_normalization(path: str) -> dict | None:
             config = json.loads(archive.read("config.json"))
     except (OSError, KeyError, ValueError, zipfile.BadZipFile):
         return None  # loading the weights reports what is wrong with the file
-
-    def walk(node):
-        if isinstance(node, dict):
-            layer = node.get("config")
-            if node.get("class_name") == "Rescaling" and isinstance(layer, dict):
-                if layer.get("name") == "preprocessing":
-                    return from_scale_and_offset(layer.get("scale"), layer.get("offset"))
-            if node.get("class_name") == "MaxViTBackbone" and isinstance(layer, dict):
-                if not layer.get("include_preprocessing", True):
-                    return None
-                if layer.get("normalization") is not None:
-                    return validate_normalization(layer["normalization"])
-                shape = layer.get("input_shape") or (224, 224, 3)
-                return default_normalization(tuple(shape[:2]))
-            children = node.values()
-        elif isinstance(node, list):
-            children = node
-        else:
-            return None
-        for child in children:
-            found = walk(child)
-            if found is not None:
-                return found
-        return None
-
     record = {}
-    found = walk(config)
+    found = _first_in_config(config, _normalization_of)
     if found is not None:
         record.update(mean=found[0], std=found[1])
-    side = _keras_file_side(config)
+    side = _first_in_config(config, _side_of)
     if side is not None:
         record["resolution"] = side
     return record or None
-
-
-def _keras_file_side(node) -> int | None:
-    """The side of the first square input of fixed size in a `.keras` config."""
-    if isinstance(node, dict):
-        layer = node.get("config")
-        if isinstance(layer, dict):
-            shape = None
-            if node.get("class_name") == "InputLayer":
-                shape = (layer.get("batch_shape") or [None])[1:]
-            elif node.get("class_name") == "MaxViTBackbone":
-                shape = layer.get("input_shape")
-            if isinstance(shape, (list, tuple)) and len(shape) == 3:
-                height, width = shape[0], shape[1]
-                return height if isinstance(height, int) and height == width else None
-        children = node.values()
-    elif isinstance(node, list):
-        children = node
-    else:
-        return None
-    for child in children:
-        found = _keras_file_side(child)
-        if found is not None:
-            return found
-    return None
 
 
 def checkpoint_preprocessing(path: str) -> dict | None:
