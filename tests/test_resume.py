@@ -5,7 +5,7 @@ import json
 import keras
 import numpy as np
 import pytest
-from test_training import _image_folder, training_args
+from test_training import _image_folder, fit_argv, training_args
 
 import keras_maxvit
 from keras_maxvit import training
@@ -45,26 +45,8 @@ def tiny_nano(monkeypatch):
 
 
 def _argv(tmp_path, out, head_epochs, epochs):
-    return [
-        "--data-dir",
-        str(tmp_path / "images"),
-        "--model",
-        "nano",
-        "--weights",
-        "none",
-        "--image-size",
-        "32",
-        "--batch-size",
-        "4",
-        "--head-epochs",
-        str(head_epochs),
-        "--epochs",
-        str(epochs),
-        "--drop-path-rate",
-        "0.2",  # seeded drop path: its seed states must resume too
-        "--output-dir",
-        str(out),
-    ]
+    # Seeded drop path: its seed states must resume too.
+    return fit_argv(tmp_path / "images", out, head_epochs, epochs, "--drop-path-rate", "0.2")
 
 
 def _recording_run_state(monkeypatch, steps, interrupt_at=None):

@@ -79,6 +79,29 @@ def training_args(argv):
     return parser.parse_args(argv)
 
 
+def fit_argv(images, out, head_epochs, epochs, *extra):
+    """`keras-maxvit fit` of nano from scratch on an image folder at 32x32, batch 4."""
+    return [
+        "--data-dir",
+        str(images),
+        "--model",
+        "nano",
+        "--weights",
+        "none",
+        "--image-size",
+        "32",
+        "--batch-size",
+        "4",
+        "--head-epochs",
+        str(head_epochs),
+        "--epochs",
+        str(epochs),
+        *extra,
+        "--output-dir",
+        str(out),
+    ]
+
+
 def _image_folder(root, per_class=5):
     from PIL import Image
 
@@ -93,24 +116,7 @@ def test_fit_two_phases_writes_artifacts_and_keeps_the_best_epoch(tmp_path, monk
     # The default compile() path (XLA on TensorFlow and JAX); resuming is tested in test_resume.py.
     _image_folder(tmp_path / "images")
     out = tmp_path / "run"
-    argv = [
-        "--data-dir",
-        str(tmp_path / "images"),
-        "--model",
-        "nano",
-        "--weights",
-        "none",
-        "--image-size",
-        "32",
-        "--batch-size",
-        "4",
-        "--head-epochs",
-        "1",
-        "--epochs",
-        "1",
-        "--output-dir",
-        str(out),
-    ]
+    argv = fit_argv(tmp_path / "images", out, head_epochs=1, epochs=1)
     monkeypatch.setenv("KERAS_MAXVIT_QUIET", "1")
     result = training.main(argv)
     for name in ("best.keras", "last.keras", "log.csv", "curves.png", "state.json"):
