@@ -38,7 +38,8 @@ CROP_MODES = ("center", "squash")
 INTERPOLATIONS = ("bicubic", "bilinear")
 # The fields of a preprocessing record, as timm's pretrained_cfg names them.
 FIELDS = ("mean", "std", "crop_pct", "crop_mode", "interpolation")
-_CACHE_FORMAT = "keras_maxvit"
+# The "format" metadata of the converted files of keras_maxvit's cache (weights.py writes them).
+CACHE_FORMAT = "keras_maxvit"
 
 
 def default_normalization(image_size: tuple) -> tuple[tuple, tuple]:
@@ -280,7 +281,7 @@ def checkpoint_preprocessing(path: str) -> dict | None:
     path = os.fspath(path)
     if path.endswith(".safetensors"):
         metadata = _safetensors_metadata(path)
-        if metadata.get("format") == _CACHE_FORMAT:
+        if metadata.get("format") == CACHE_FORMAT:
             return _cache_preprocessing(metadata, f"The weights file {path!r}")
         return _timm_config(path)
     if path.endswith((".bin", ".pth")):

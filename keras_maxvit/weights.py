@@ -12,7 +12,7 @@ import warnings
 
 import numpy as np
 
-from keras_maxvit.normalization import cache_metadata
+from keras_maxvit.normalization import CACHE_FORMAT, cache_metadata
 from keras_maxvit.presets import PRESETS
 from keras_maxvit.timm_convert import (
     convert_state_dict,
@@ -22,7 +22,7 @@ from keras_maxvit.timm_convert import (
 )
 
 # Marks the converted files that keras_maxvit writes to its own cache.
-_CACHE_FORMAT = {"format": "keras_maxvit", "layout": "keras"}
+_CACHE_FORMAT = {"format": CACHE_FORMAT, "layout": "keras"}
 WEIGHTS_SUFFIXES = (".safetensors", ".weights.h5", ".keras", ".bin", ".pth")
 
 
