@@ -1,4 +1,4 @@
-"""The `keras-maxvit` command: list checkpoints, predict, convert to `.keras`."""
+"""The `keras-maxvit` command: list checkpoints, predict, convert to `.keras`, fit, explain."""
 
 import argparse
 import os
@@ -139,6 +139,12 @@ def cmd_fit(args) -> None:
     training.run(args)
 
 
+def cmd_explain(args) -> None:
+    from keras_maxvit.explain import command
+
+    command.run(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="keras-maxvit",
@@ -195,6 +201,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_arguments(fit)
     fit.set_defaults(run=cmd_fit)
+
+    from keras_maxvit.explain.command import add_arguments as add_explain_arguments
+
+    explain = commands.add_parser(
+        "explain", help="Grad-CAM and block/grid attention maps of images, as PNGs"
+    )
+    add_explain_arguments(explain, VARIANT_NAMES)
+    explain.set_defaults(run=cmd_explain)
     return parser
 
 

@@ -242,7 +242,7 @@ def test_bad_arguments_give_one_line_and_nonzero_exit(argv, message, tmp_path, c
 @default_backend_only
 def test_console_script_help():
     script = Path(sys.executable).parent / "keras-maxvit"
-    for command in ([], ["list"], ["predict"], ["convert"], ["fit"]):
+    for command in ([], ["list"], ["predict"], ["convert"], ["fit"], ["explain"]):
         result = subprocess.run(
             [str(script), *command, "--help"],
             capture_output=True,

@@ -17,6 +17,12 @@ SPLITS = {"train": (500, 0), "validation": (150, 1)}  # (images, seed)
 
 def draw(label: int, rng: np.random.Generator, size: int = IMAGE_SIZE) -> np.ndarray:
     """One `(size, size, 3)` uint8 image of class `label`."""
+    return draw_with_mask(label, rng, size)[0]
+
+
+def draw_with_mask(label: int, rng: np.random.Generator, size: int = IMAGE_SIZE):
+    """`(image, mask)`: the image `draw` makes and the boolean `(size, size)`
+    mask of the pixels it painted in the shape's (or texture's) colour."""
     rows, cols = np.mgrid[0:size, 0:size].astype("float32")
     background = rng.uniform(0, 120, 3)
     image = background + rng.normal(0, 12, (size, size, 3))
@@ -39,7 +45,7 @@ def draw(label: int, rng: np.random.Generator, size: int = IMAGE_SIZE) -> np.nda
         cell = int(rng.integers(5, 11))
         mask = ((rows // cell + cols // cell) % 2).astype(bool)
     image[mask] = colour + rng.normal(0, 12, (int(mask.sum()), 3))
-    return np.clip(image, 0, 255).astype("uint8")
+    return np.clip(image, 0, 255).astype("uint8"), mask
 
 
 class MaxvitShapes(tfds.core.GeneratorBasedBuilder):

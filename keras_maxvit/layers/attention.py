@@ -247,7 +247,10 @@ class RelativePositionAttention(keras.layers.Layer):
         out = ops.transpose(ops.reshape(out, shape), (0, 3, 1, 4, 2, 5))
         return ops.reshape(out, (-1, group_rows * rows, group_cols * cols, heads * head_size))
 
-    def call(self, inputs, training=None):
+    def _layout(self, inputs):
+        """(height, width, padded, group_rows, group_cols, pad_height, pad_width)
+        of a map: its size, whether it is padded to whole partitions, how many
+        partitions it has and the padding (None when not padded)."""
         rows, cols = self._size
         height, width = inputs.shape[1], inputs.shape[2]
         if height is None or width is None:  # unknown until run (TensorFlow graphs)
@@ -258,10 +261,13 @@ class RelativePositionAttention(keras.layers.Layer):
         else:
             padded = height % rows != 0 or width % cols != 0
         group_rows, group_cols = (height + rows - 1) // rows, (width + cols - 1) // cols
-
         pad_height = pad_width = None
         if padded:
             pad_height, pad_width = group_rows * rows - height, group_cols * cols - width
+        return height, width, padded, group_rows, group_cols, pad_height, pad_width
+
+    def call(self, inputs, training=None):
+        height, width, padded, group_rows, group_cols, pad_height, pad_width = self._layout(inputs)
         kernel = use_kernel("qkv", inputs, self.qkv)
         query, key, value = self._query_key_value(
             inputs, pad_height, pad_width, group_rows, group_cols, kernel
@@ -280,9 +286,30 @@ class RelativePositionAttention(keras.layers.Layer):
             out = out[:, :height, :width, :]
         return linear(self.proj, out)
 
-    def _attend(self, query, key, value, padded, height, width, groups, training):
-        """Softmax attention of `(N, heads, T, head)` q, k, v with the
-        relative-position bias (and the padded keys masked out)."""
+    def attention_weights(self, inputs):
+        """The softmax attention weights of every partition, in float32.
+
+        `inputs` is what the layer is called on, a `(B, H, W, C)` map.
+        Returns `(B, group_rows, group_cols, heads, T, T)` with `T = rows *
+        cols`: entry `[b, r, c, h, t, s]` is how much token `t` of partition
+        `(r, c)` attends to token `s` in head `h` (each row sums to 1; padded
+        keys get 0). Tokens and partitions are laid out as `_split_groups`
+        says: block partition `(r, c)` token `i * cols + j` is pixel
+        `(r * rows + i, c * cols + j)`, grid partition `(r, c)` token
+        `i * cols + j` is pixel `(i * group_rows + r, j * group_cols + c)`.
+        Always computed through the sublayers (no kernel), without dropout.
+        """
+        height, width, padded, group_rows, group_cols, pad_height, pad_width = self._layout(inputs)
+        query, key, _ = self._query_key_value(
+            inputs, pad_height, pad_width, group_rows, group_cols, kernel=False
+        )
+        weights = self._softmax(query, key, padded, height, width, (group_rows, group_cols))
+        tokens = self._size[0] * self._size[1]
+        return ops.reshape(weights, (-1, group_rows, group_cols, self.num_heads, tokens, tokens))
+
+    def _softmax(self, query, key, padded, height, width, groups):
+        """Float32 `(N, heads, T, T)` softmax weights of `(N, heads, T, head)`
+        q and k with the relative-position bias (padded keys masked out)."""
         rows, cols = self._size
         group_rows, group_cols = groups
         heads, tokens = self.num_heads, rows * cols
@@ -298,7 +325,12 @@ class RelativePositionAttention(keras.layers.Layer):
             logits = ops.reshape(logits, (-1, group_rows * group_cols, heads, tokens, tokens))
             bias = bias + mask
         weights = ops.softmax(logits + bias, axis=-1)
-        weights = ops.reshape(weights, (-1, heads, tokens, tokens))
+        return ops.reshape(weights, (-1, heads, tokens, tokens))
+
+    def _attend(self, query, key, value, padded, height, width, groups, training):
+        """Softmax attention of `(N, heads, T, head)` q, k, v with the
+        relative-position bias (and the padded keys masked out)."""
+        weights = self._softmax(query, key, padded, height, width, groups)
         weights = ops.cast(weights, value.dtype)
         if training and self.attention_dropout > 0.0:
             weights = self.dropout(weights, training=training)
