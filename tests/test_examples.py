@@ -147,3 +147,21 @@ def test_readme_explain_command_runs(quick_start, tmp_path, capsys):
         assert os.path.isfile(image)
         target = tmp_path / "explained" / (os.path.basename(image)[:-4] + "_explain.png")
         assert f"{image}: " in printed and target.stat().st_size > 10_000
+
+
+@default_backend_only
+def test_readme_explain_example_runs(quick_start):
+    """The README's `keras_maxvit.explain` example, on the quick start's model."""
+    import re
+
+    blocks = re.findall(r"```python\n(.*?)```", README, flags=re.DOTALL)
+    block = next(b for b in blocks if "explain.grad_cam" in b)
+    block = block.replace("runs/shapes/best.keras", quick_start["best"])
+    block = block.replace("examples/images/", f"{EXAMPLES / 'images'}/")
+    namespace = {}
+    exec(compile(block, "README.md", "exec"), namespace)
+    assert namespace["cam"].heatmaps.shape == (2, 64, 64)
+    assert namespace["cam"].classes.tolist() == [3, 3] and namespace["cam"].layer.startswith(
+        "stage1"
+    )
+    assert namespace["maps"].maps.shape[:2] == (2, 1) and namespace["maps"].stride == 16

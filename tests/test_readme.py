@@ -17,7 +17,9 @@ README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
 
 def _python_blocks():
     blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.DOTALL)
-    assert len(blocks) == 4, "README.md: usage, pretrained, backbone and export examples"
+    assert len(blocks) == 6, (
+        "README.md: usage, pretrained, backbone, export, explain and keras-hub examples"
+    )
     return blocks
 
 
@@ -90,3 +92,35 @@ def test_readme_export_example_runs(full_size, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     exec(compile(_python_blocks()[3], str(README), "exec"), {})
     assert capsys.readouterr().out.strip().endswith("True")
+
+
+@default_backend_only
+def test_readme_keras_hub_example_runs_from_a_local_hub_cache(tmp_path):
+    """The keras-hub example, offline: its checkpoints come from a Hub cache of
+    (perturbed, random) timm models written by timm's own `save_for_hf`."""
+    pytest.importorskip("keras_hub")
+    import timm
+    from conftest import perturb_timm_model
+    from test_hub import hub_snapshot
+    from timm.models._hub import save_for_hf
+
+    hub = tmp_path / "hub"
+    for tag in ("maxvit_tiny_tf_224.in1k", "maxvit_tiny_tf_384.in1k"):
+        model = timm.create_model(tag.split(".")[0])
+        perturb_timm_model(model)
+        save_for_hf(model, str(hub_snapshot(hub, tag)), safe_serialization=True)
+    (tmp_path / "work").mkdir()
+    env = dict(os.environ, HF_HUB_CACHE=str(hub), HF_HUB_OFFLINE="1")
+    result = subprocess.run(
+        [sys.executable, "-c", _python_blocks()[5]],
+        env=env,
+        cwd=tmp_path / "work",
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stdout.splitlines()
+    assert "21" in lines and "(2, 1000)" in lines, result.stdout[-2000:]
+    assert lines[-1] == "MaxViTImageClassifier MaxViTBackbone"
+    assert (tmp_path / "work" / "maxvit_tiny_5_classes").is_dir()
