@@ -136,6 +136,10 @@ def test_fit_two_phases_writes_artifacts_and_keeps_the_best_epoch(tmp_path, monk
 
 @pytest.mark.parametrize("policy", ["mixed_bfloat16", "mixed_float16"])
 def test_mixed_precision_fit_stays_finite(policy):
+    if policy == "mixed_bfloat16" and keras.backend.backend() != "torch":
+        # bfloat16 numerics (outputs, gradients, BatchNorm statistics) are checked on every
+        # backend in test_kernels.py; float16's fit, with its loss scaling, stays here.
+        pytest.skip("one compiled half-precision fit per backend: float16, with loss scaling")
     keras.mixed_precision.set_global_policy(policy)
     try:
         keras.utils.set_random_seed(0)

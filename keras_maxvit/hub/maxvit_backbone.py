@@ -12,13 +12,12 @@ import os
 import keras
 from keras_hub.models import FeaturePyramidBackbone
 
-from keras_maxvit.layers import MBConv, PartitionAttentionBlock, gelu_tanh
 from keras_maxvit.layers.partition import to_pair
 from keras_maxvit.layers.remat import check_remat
 from keras_maxvit.layers.stochastic_depth import check_rate
 from keras_maxvit.models.backbone import to_json_size
 from keras_maxvit.models.inputs import MIN_SIZE
-from keras_maxvit.models.maxvit import DEFAULT_RESOLUTION, _partition_size
+from keras_maxvit.models.maxvit import DEFAULT_RESOLUTION, _partition_size, maxvit_trunk
 from keras_maxvit.models.validation import check_architecture
 from keras_maxvit.timm_convert import timm_key
 from keras_maxvit.weights import load_state, maxvit_weights
@@ -151,39 +150,17 @@ class MaxViTBackbone(FeaturePyramidBackbone):
 
         # === Functional model ===
         inputs = keras.layers.Input(shape=image_shape, name="images")
-        x = keras.layers.Conv2D(
-            stem_filters, 3, strides=2, padding="same", dtype=dtype, name="stem_conv1"
-        )(inputs)
-        x = keras.layers.BatchNormalization(epsilon=1e-3, dtype=dtype, name="stem_norm1")(x)
-        x = keras.layers.Activation(gelu_tanh, dtype=dtype, name="stem_act1")(x)
-        x = keras.layers.Conv2D(stem_filters, 3, padding="same", dtype=dtype, name="stem_conv2")(x)
-        pyramid_outputs = {"P1": x}
-        total_blocks = sum(depths)
-        block_index = 0
-        for stage, (filters, depth) in enumerate(zip(stage_filters, depths, strict=True)):
-            for block in range(depth):
-                prefix = f"stage{stage}_block{block}"
-                rate = drop_path_rate * block_index / max(total_blocks - 1, 1)
-                block_index += 1
-                x = MBConv(
-                    filters,
-                    strides=2 if block == 0 else 1,
-                    drop_path_rate=rate,
-                    remat=remat,
-                    dtype=dtype,
-                    name=f"{prefix}_mbconv",
-                )(x)
-                for partition_type in ("block", "grid"):
-                    x = PartitionAttentionBlock(
-                        partition_type=partition_type,
-                        partition_size=partition_size,
-                        head_size=head_size,
-                        drop_path_rate=rate,
-                        remat=remat,
-                        dtype=dtype,
-                        name=f"{prefix}_{partition_type}_attn",
-                    )(x)
-            pyramid_outputs[f"P{stage + 2}"] = x
+        x, pyramid_outputs = maxvit_trunk(
+            inputs,
+            stem_filters,
+            stage_filters,
+            depths,
+            head_size,
+            partition_size,
+            drop_path_rate=drop_path_rate,
+            remat=remat,
+            dtype=dtype,
+        )
         super().__init__(inputs=inputs, outputs=x, dtype=dtype, **kwargs)
 
         # === Config ===

@@ -125,6 +125,62 @@ def _partition_size(height, width, window_size, resolution):
     return size[0] if size[0] == size[1] else size
 
 
+def maxvit_trunk(
+    x,
+    stem_filters,
+    stage_filters,
+    depths,
+    head_size,
+    partition_size,
+    drop_path_rate=0.0,
+    remat=False,
+    synchronized_batch_norm=False,
+    dtype=None,
+):
+    """The stem and the stages of MaxViT on the symbolic tensor `x`.
+
+    Returns `(x, pyramid)`: the last block's output and the `"P1"`.. feature
+    maps (the stem's, then each stage's last block). Layer names are those
+    of the official weights; `dtype` (a policy or None for the global one)
+    goes to every layer. The drop-path rate grows linearly over the blocks.
+    """
+    x = layers.Conv2D(stem_filters, 3, strides=2, padding="same", dtype=dtype, name="stem_conv1")(x)
+    x = layers.BatchNormalization(
+        epsilon=1e-3, synchronized=synchronized_batch_norm, dtype=dtype, name="stem_norm1"
+    )(x)
+    x = layers.Activation(gelu_tanh, dtype=dtype, name="stem_act1")(x)
+    x = layers.Conv2D(stem_filters, 3, padding="same", dtype=dtype, name="stem_conv2")(x)
+    pyramid = {"P1": x}
+    total_blocks = sum(depths)
+    block_index = 0
+    for stage, (filters, depth) in enumerate(zip(stage_filters, depths, strict=True)):
+        for block in range(depth):
+            prefix = f"stage{stage}_block{block}"
+            rate = drop_path_rate * block_index / max(total_blocks - 1, 1)
+            block_index += 1
+            x = MBConv(
+                filters,
+                strides=2 if block == 0 else 1,
+                drop_path_rate=rate,
+                remat=remat,
+                synchronized=synchronized_batch_norm,
+                dtype=dtype,
+                name=f"{prefix}_mbconv",
+            )(x)
+            for partition_type in ("block", "grid"):
+                x = PartitionAttentionBlock(
+                    partition_type=partition_type,
+                    partition_size=partition_size,
+                    head_size=head_size,
+                    drop_path_rate=rate,
+                    remat=remat,
+                    dtype=dtype,
+                    name=f"{prefix}_{partition_type}_attn",
+                )(x)
+        pyramid[f"P{stage + 2}"] = x
+    return x, pyramid
+
+
 def MaxViT(
     stem_filters: int,
     stage_filters: tuple[int, ...],
@@ -211,37 +267,17 @@ def MaxViT(
         # Normalization layer: ONNX converters keep its constants constant).
         x = layers.Rescaling(scale=scale, offset=offset, name="preprocessing")(x)
 
-    x = layers.Conv2D(stem_filters, 3, strides=2, padding="same", name="stem_conv1")(x)
-    x = layers.BatchNormalization(
-        epsilon=1e-3, synchronized=synchronized_batch_norm, name="stem_norm1"
-    )(x)
-    x = layers.Activation(gelu_tanh, name="stem_act1")(x)
-    x = layers.Conv2D(stem_filters, 3, padding="same", name="stem_conv2")(x)
-
-    total_blocks = sum(depths)
-    block_index = 0
-    for stage, (filters, depth) in enumerate(zip(stage_filters, depths, strict=True)):
-        for block in range(depth):
-            prefix = f"stage{stage}_block{block}"
-            rate = drop_path_rate * block_index / max(total_blocks - 1, 1)
-            block_index += 1
-            x = MBConv(
-                filters,
-                strides=2 if block == 0 else 1,
-                drop_path_rate=rate,
-                remat=remat,
-                synchronized=synchronized_batch_norm,
-                name=f"{prefix}_mbconv",
-            )(x)
-            for partition_type in ("block", "grid"):
-                x = PartitionAttentionBlock(
-                    partition_type=partition_type,
-                    partition_size=partition_size,
-                    head_size=head_size,
-                    drop_path_rate=rate,
-                    remat=remat,
-                    name=f"{prefix}_{partition_type}_attn",
-                )(x)
+    x, _ = maxvit_trunk(
+        x,
+        stem_filters,
+        stage_filters,
+        depths,
+        head_size,
+        partition_size,
+        drop_path_rate=drop_path_rate,
+        remat=remat,
+        synchronized_batch_norm=synchronized_batch_norm,
+    )
 
     if include_top:
         x = layers.GlobalAveragePooling2D(name="head_pool")(x)
