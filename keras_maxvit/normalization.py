@@ -205,13 +205,20 @@ def _timm_config(path: str) -> dict | None:
     return _record(fields, f"The timm config {config_path!r}")
 
 
+BACKBONE = "keras_maxvit>MaxViTBackbone"
+
+
 def _first_in_config(node, visit):
     """Depth first, the first `visit(class_name, layer_config)` that is not None in a
     `.keras` config (nested models included)."""
     if isinstance(node, dict):
         layer = node.get("config")
         if isinstance(layer, dict):
-            found = visit(node.get("class_name"), layer)
+            # A registered class by its registered name ("keras_maxvit>MaxViTBackbone"), so
+            # a class of the same name from another package (keras_maxvit.hub) is not taken.
+            registered = node.get("registered_name")
+            name = registered if registered and ">" in registered else node.get("class_name")
+            found = visit(name, layer)
             if found is not None:
                 return found
         children = node.values()
@@ -230,7 +237,7 @@ def _normalization_of(class_name, layer: dict):
     """The mean/std a layer config applies: the `preprocessing` Rescaling, a MaxViTBackbone."""
     if class_name == "Rescaling" and layer.get("name") == "preprocessing":
         return from_scale_and_offset(layer.get("scale"), layer.get("offset"))
-    if class_name == "MaxViTBackbone" and layer.get("include_preprocessing", True):
+    if class_name == BACKBONE and layer.get("include_preprocessing", True):
         if layer.get("normalization") is not None:
             return validate_normalization(layer["normalization"])
         shape = layer.get("input_shape") or (224, 224, 3)
@@ -242,7 +249,7 @@ def _side_of(class_name, layer: dict) -> int | None:
     """The side of a square input of fixed size: an InputLayer's, a MaxViTBackbone's."""
     if class_name == "InputLayer":
         shape = (layer.get("batch_shape") or [None])[1:]
-    elif class_name == "MaxViTBackbone":
+    elif class_name == BACKBONE:
         shape = layer.get("input_shape")
     else:
         return None

@@ -440,6 +440,16 @@ def test_core_keras_files_still_load_as_core_classes(tmp_path):
     )
     images = normal_images(seed=10)
     np.testing.assert_allclose(to_numpy(reloaded(images)), to_numpy(core(images)), atol=1e-6)
+    # A hub backbone's file records no normalization (its image converter holds it),
+    # while a core backbone's is read as its own.
+    from keras_maxvit.normalization import checkpoint_preprocessing
+
+    hub_path = str(tmp_path / "hub.keras")
+    MaxViTBackbone(**TINY, image_shape=(SIZE, SIZE, 3)).save(hub_path)
+    assert "mean" not in (checkpoint_preprocessing(hub_path) or {})
+    with_norm = keras_maxvit.MaxViTBackbone(dict(TINY), input_shape=(SIZE, SIZE, 3))
+    with_norm.save(str(tmp_path / "with_norm.keras"))
+    assert "mean" in checkpoint_preprocessing(str(tmp_path / "with_norm.keras"))
 
 
 @pytest.mark.parametrize(
