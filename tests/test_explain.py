@@ -235,7 +235,11 @@ def tiny_classifier():
         (lambda m, x: explain.grad_cam(m, x, layer="head_pool"), ValueError, "layer='head_pool'"),
         (lambda m, x: explain.grad_cam(m, x, class_index=5), ValueError, "class_index=5"),
         (lambda m, x: explain.grad_cam(m, x, class_index=[0]), ValueError, "class_index=[0]"),
-        (lambda m, x: explain.grad_cam(m, x[0, :, :, :2]), ValueError, "images.shape=(64, 64, 2)"),
+        (
+            lambda m, x: explain.grad_cam(m, x[0, :, :, :2]),
+            ValueError,
+            "images.shape=(1, 64, 64, 2)",
+        ),
         (lambda m, x: explain.grad_cam("model", x), TypeError, "model=str"),
         (
             lambda m, x: explain.attention_maps(m, x, "stage0_block0_mbconv"),

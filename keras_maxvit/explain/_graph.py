@@ -5,6 +5,7 @@ import numpy as np
 from keras import ops
 
 from keras_maxvit.models.backbone import get_pyramid_outputs
+from keras_maxvit.models.inputs import check_images as check_model_images
 
 
 def check_model(model) -> None:
@@ -16,23 +17,13 @@ def check_model(model) -> None:
         )
 
 
-def check_images(images) -> np.ndarray:
-    """`images` as a float32 `(B, H, W, 3)` array; a single image gets a batch axis."""
-    if not hasattr(images, "shape"):
-        images = np.asarray(images)
+def check_images(model, images) -> np.ndarray:
+    """`images` as a float32 `(B, H, W, 3)` NumPy batch for `model` (one image
+    gets a batch axis), checked as the model checks what it is called on."""
     images = np.asarray(keras.ops.convert_to_numpy(images))
-    shape = images.shape
     if images.ndim == 3:
         images = images[None]
-    if images.ndim != 4 or images.shape[-1] != 3 or images.shape[0] == 0:
-        raise ValueError(
-            "`images` must be one (height, width, 3) image or a (batch, height, width, 3) "
-            f"batch. Received: images.shape={shape}"
-        )
-    if not np.issubdtype(images.dtype, np.number) or np.issubdtype(
-        images.dtype, np.complexfloating
-    ):
-        raise TypeError(f"`images` must hold real numbers. Received: images.dtype={images.dtype}")
+    check_model_images(images, tuple(model.inputs[0].shape))
     return images.astype("float32")
 
 

@@ -74,14 +74,13 @@ def attention_weights(model, images, layer: str):
         `RelativePositionAttention.attention_weights` lays them out, and the
         `PartitionAttentionBlock` layer itself.
     """
-    weights, block, _ = _weights(model, images, layer)
+    _graph.check_model(model)
+    weights, block, _ = _weights(model, _graph.check_images(model, images), layer)
     return weights, block
 
 
 def _weights(model, images, layer):
-    """(weights, block, (height, width) of the block's input map)."""
-    _graph.check_model(model)
-    images = _graph.check_images(images)
+    """(weights, block, (height, width) of the block's input map) of checked images."""
     block = _attention_block(model, layer)
     trunk = keras.Model(model.inputs[0], block.input)
 
@@ -144,7 +143,8 @@ def attention_maps(model, images, layer: str, queries=None) -> AttentionMaps:
     Returns:
         An `AttentionMaps`.
     """
-    images = _graph.check_images(images)
+    _graph.check_model(model)
+    images = _graph.check_images(model, images)
     height, width = images.shape[1:3]
     points = _check_queries(queries, height, width)
     weights, block, (feature_height, feature_width) = _weights(model, images, layer)

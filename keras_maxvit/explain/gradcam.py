@@ -91,7 +91,7 @@ def grad_cam(model, images, class_index=None, layer=None, batch_size: int = 16) 
         A `GradCAM`.
     """
     _graph.check_model(model)
-    images = _graph.check_images(images)
+    images = _graph.check_images(model, images)
     final = _graph.output_layer(model)
     tensor = _graph.feature_tensor(model, layer)
     features, head = _graph.split(model, tensor)
