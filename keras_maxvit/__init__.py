@@ -1,6 +1,6 @@
 """keras-maxvit: MaxViT (Multi-Axis Vision Transformer) for Keras 3."""
 
-from keras_maxvit import explain, kernels, layers
+from keras_maxvit import distributed, explain, kernels, layers
 from keras_maxvit.imagenet import decode_predictions, preprocess_input
 from keras_maxvit.kernels import get_kernels, set_kernels
 from keras_maxvit.models.backbone import MaxViTBackbone as MaxViTBackbone
@@ -25,6 +25,7 @@ __all__ = [
     "MaxViTTiny",
     "MaxViTXLarge",
     "decode_predictions",
+    "distributed",
     "explain",
     "get_kernels",
     "kernels",

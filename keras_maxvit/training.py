@@ -19,7 +19,7 @@ import os
 import keras
 import numpy as np
 
-from keras_maxvit import arguments
+from keras_maxvit import arguments, distributed
 from keras_maxvit.models.maxvit import MODEL_CONFIGS, VARIANTS
 from keras_maxvit.resume import (
     BestModel,
@@ -98,7 +98,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="recompute activations in the backward pass (less memory, slower steps)",
     )
     parser.add_argument("--jit-compile", default="auto", choices=("auto", "true", "false"))
-    parser.add_argument("--distribute", action="store_true", help="all devices (JAX, TensorFlow)")
+    parser.add_argument(
+        "--distribute",
+        action="store_true",
+        help="data parallel over all devices and processes (see keras_maxvit.distributed)",
+    )
+    distributed.add_arguments(parser)
     parser.add_argument("--output-dir", default="runs/maxvit", help="checkpoints, log and plot")
     parser.add_argument("--seed", type=arguments.non_negative_int, default=0)
 
@@ -341,25 +346,6 @@ def plot_curves(log_path: str, png_path: str, head_epochs: int) -> None:
     plt.close(figure)
 
 
-def _distribution_scope(args):
-    import contextlib
-
-    if not args.distribute:
-        return contextlib.nullcontext()
-    backend = keras.backend.backend()
-    if backend == "jax":
-        keras.distribution.set_distribution(keras.distribution.DataParallel())
-        return contextlib.nullcontext()
-    if backend == "tensorflow":
-        import tensorflow as tf
-
-        return tf.distribute.MirroredStrategy().scope()
-    raise ValueError(
-        "--distribute works with the JAX and TensorFlow backends. "
-        f"Received: KERAS_BACKEND={backend}"
-    )
-
-
 def run(args) -> dict:
     """Runs (or resumes) the two-phase fine-tuning; returns the final metrics and paths."""
     if args.head_epochs + args.epochs < 1:
@@ -367,6 +353,16 @@ def run(args) -> dict:
             "Nothing to train: --head-epochs and --epochs are both 0. "
             f"Received: --head-epochs={args.head_epochs}, --epochs={args.epochs}"
         )
+    cluster = distributed.setup(
+        args.distribute, args.coordinator_address, args.num_processes, args.process_id
+    )
+    try:
+        return _run(args, cluster)
+    finally:
+        cluster.finish()
+
+
+def _run(args, cluster) -> dict:
     keras.utils.set_random_seed(args.seed)
     if args.precision != "float32":
         keras.mixed_precision.set_global_policy(args.precision)
@@ -381,8 +377,18 @@ def run(args) -> dict:
             ("state", "state.json"),
         )
     }
+    # Only the first process writes the run's files; the others write theirs
+    # to a temporary folder, removed at the end.
+    writes = paths
+    if not cluster.chief:
+        import tempfile
+
+        temporary = tempfile.mkdtemp(prefix=f"keras_maxvit_process{cluster.index}_")
+        writes = {name: os.path.join(temporary, os.path.basename(p)) for name, p in paths.items()}
+    cluster.check_batch_size(args.batch_size)
     train_raw, val_raw, names = load_datasets(args)
     val = make_pipeline(val_raw, args.image_size, args.batch_size, False)
+    val = cluster.validation(val)
     examples = int(train_raw(0).cardinality())
     if examples < 0:
         examples = sum(1 for _ in train_raw(0))
@@ -397,15 +403,15 @@ def run(args) -> dict:
     start = state["next_epoch"] if state else 0
     if state:
         print(f"Resuming from {paths['last']} at epoch {start + 1}")
-        truncate_log(paths["log"], start)
-    else:
+        if cluster.chief:
+            truncate_log(paths["log"], start)
+    elif cluster.chief:
         previous = set_aside(paths)
         if previous:
             print(f"Moved the files of an earlier run that cannot be resumed to {previous}")
 
     best = state["best"] if state else None
-    scope = _distribution_scope(args)
-    with scope:
+    with cluster.scope():
         if start:
             # compile=True: the optimizer state of the last epoch comes along.
             model = keras.saving.load_model(paths["last"], safe_mode=True)
@@ -427,6 +433,7 @@ def run(args) -> dict:
             resumed = state if state and state["phase"] == phase and start > first else None
             set_backbone_trainable(model, phase == 2)
             compile_phase(model, phase, args, steps)
+            cluster.prepare(model)
             if resumed:
                 restore_optimizer(model, saved_optimizer)
             initial = max(first, start)
@@ -434,17 +441,18 @@ def run(args) -> dict:
                 f"Phase {phase}: {'head only' if phase == 1 else 'all layers'}, "
                 f"epochs {initial + 1}-{last}"
             )
-            checkpoint = BestModel(paths["best"], "val_accuracy", best, paths["state"])
+            checkpoint = BestModel(writes["best"], "val_accuracy", best, writes["state"])
             early_stopping = ResumableEarlyStopping(
                 resumed=resumed["early_stopping"] if resumed else None,
                 monitor="val_accuracy",
                 patience=args.patience,
                 restore_best_weights=False,
             )
-            run_state = RunState(paths, phase, checkpoint, early_stopping)
+            run_state = RunState(writes, phase, checkpoint, early_stopping)
             train = make_pipeline(
                 train_raw, args.image_size, args.batch_size, True, args.seed, (initial, last)
             )
+            train = cluster.shard(train, args.batch_size)
             model.fit(
                 train,
                 steps_per_epoch=steps,
@@ -452,9 +460,10 @@ def run(args) -> dict:
                 initial_epoch=initial,
                 epochs=last,
                 callbacks=[
+                    *cluster.callbacks(),
                     checkpoint,
                     early_stopping,
-                    keras.callbacks.CSVLogger(paths["log"], append=True),
+                    keras.callbacks.CSVLogger(writes["log"], append=True),
                     run_state,
                 ],
                 verbose=1 if os.environ.get("KERAS_MAXVIT_QUIET") is None else 2,
@@ -463,8 +472,15 @@ def run(args) -> dict:
             if early_stopping.stopped_epoch:  # a rerun goes on with the next phase
                 run_state.write(last)
 
-    best = keras.saving.load_model(paths["best"], safe_mode=True)
+    # Every process evaluates (JAX's is one computation over all of them).
+    best_path = writes["best"] if os.path.isfile(writes["best"]) else paths["best"]
+    best = keras.saving.load_model(best_path, safe_mode=True)
     loss, accuracy = best.evaluate(val, verbose=0)
+    if not cluster.chief:
+        import shutil
+
+        shutil.rmtree(os.path.dirname(writes["best"]), ignore_errors=True)
+        return {"val_accuracy": float(accuracy), "val_loss": float(loss), "classes": names}
     plot_curves(paths["log"], paths["plot"], args.head_epochs)
     print(f"Validation accuracy {accuracy:.4f} (loss {loss:.4f}) of the best model")
     print(f"Best model: {paths['best']}\nTraining curves: {paths['plot']}\nLog: {paths['log']}")
