@@ -103,18 +103,17 @@ def _two_processes(image_folder, output_dir):
     ports = _free_ports(2)
     processes = []
     for index in range(2):
-        if BACKEND == "jax":
-            extra = {
-                "KERAS_DISTRIBUTION_JOB_ADDRESSES": f"127.0.0.1:{ports[0]}",
-                "KERAS_DISTRIBUTION_NUM_PROCESSES": "2",
-                "KERAS_DISTRIBUTION_PROCESS_ID": str(index),
-            }
+        flags = []
+        if BACKEND == "jax":  # the README's flags
+            flags = ["--coordinator-address", f"127.0.0.1:{ports[0]}", "--num-processes", "2"]
+            flags += ["--process-id", str(index)]
+            extra = {}
         else:
             cluster = {"worker": [f"127.0.0.1:{port}" for port in ports]}
             task = {"type": "worker", "index": index}
             extra = {"TF_CONFIG": json.dumps({"cluster": cluster, "task": task})}
         extra["OMP_NUM_THREADS"] = "1"
-        processes.append(_launch(arguments, _environment(extra)))
+        processes.append(_launch([*arguments, *flags], _environment(extra)))
     _wait(processes)
 
 
