@@ -34,8 +34,9 @@ def small_pair(tmp_path, img_size=(64, 64)):
     return reference, model
 
 
-def timm_grad_cam(reference, images, stage, class_index=None):
-    """Grad-CAM of a timm model by torch autograd: (heatmaps, cams, classes, logits)."""
+def timm_grad_cam(reference, images, stage, class_index=None, method="gradcam"):
+    """Grad-CAM (or HiResCAM) of a timm model by torch autograd: (heatmaps,
+    cams, classes, logits)."""
     x = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))
     store = {}
     handle = reference.stages[stage].register_forward_hook(lambda m, i, o: store.update(a=o))
@@ -45,8 +46,8 @@ def timm_grad_cam(reference, images, stage, class_index=None):
     index = index.expand(len(images)) if index.ndim == 0 else index
     score = logits.gather(1, index[:, None])[:, 0]
     (gradient,) = torch.autograd.grad(score.sum(), store["a"])
-    alpha = gradient.mean((2, 3))
-    cams = torch.relu((alpha[:, :, None, None] * store["a"]).sum(1)).detach()
+    weights = gradient.mean((2, 3), keepdim=True) if method == "gradcam" else gradient
+    cams = torch.relu((weights * store["a"]).sum(1)).detach()
     heat = torch.nn.functional.interpolate(
         cams[:, None], size=images.shape[1:3], mode="bilinear", align_corners=False
     )[:, 0]
@@ -55,18 +56,20 @@ def timm_grad_cam(reference, images, stage, class_index=None):
 
 
 @pytest.mark.parametrize(
-    "img_size,layer,stage,class_index",
+    "img_size,layer,stage,class_index,method",
     [
-        ((64, 64), None, 3, None),
-        ((96, 64), "P4", 2, 3),
-        ((64, 64), "stage1_block1_grid_attn", 1, [1, 7]),
+        ((64, 64), None, 3, None, "gradcam"),
+        ((96, 64), "P4", 2, 3, "gradcam"),
+        ((64, 64), "stage1_block1_grid_attn", 1, [1, 7], "gradcam"),
+        ((64, 64), "stage1_block1_grid_attn", 1, [1, 7], "hirescam"),
     ],
 )
-def test_grad_cam_equals_timm_autograd(tmp_path, img_size, layer, stage, class_index):
+def test_grad_cam_equals_timm_autograd(tmp_path, img_size, layer, stage, class_index, method):
     reference, model = small_pair(tmp_path, img_size)
     images = np.random.default_rng(0).normal(size=(2,) + img_size + (3,)).astype("float32")
-    result = explain.grad_cam(model, images, class_index=class_index, layer=layer)
-    heat, cams, classes, scores = timm_grad_cam(reference, images, stage, class_index)
+    result = explain.grad_cam(model, images, class_index=class_index, layer=layer, method=method)
+    assert result.method == method
+    heat, cams, classes, scores = timm_grad_cam(reference, images, stage, class_index, method)
     np.testing.assert_array_equal(result.classes, classes)
     # The score is the logit, not the softmax the model outputs.
     np.testing.assert_allclose(result.scores, scores, rtol=1e-4, atol=1e-4)
@@ -241,6 +244,7 @@ def tiny_classifier():
             "images.shape=(1, 64, 64, 2)",
         ),
         (lambda m, x: explain.grad_cam("model", x), TypeError, "model=str"),
+        (lambda m, x: explain.grad_cam(m, x, method="cam"), ValueError, "method='cam'"),
         (
             lambda m, x: explain.attention_maps(m, x, "stage0_block0_mbconv"),
             ValueError,

@@ -35,6 +35,12 @@ def add_arguments(parser: argparse.ArgumentParser, variants) -> None:
         "(default: the last block)",
     )
     parser.add_argument(
+        "--method",
+        choices=("gradcam", "hirescam"),
+        default="gradcam",
+        help="Grad-CAM (mean gradient per channel) or HiResCAM (gradient x activation per pixel)",
+    )
+    parser.add_argument(
         "--attention-layer",
         action="append",
         default=None,
@@ -123,7 +129,9 @@ def run(args) -> list[str]:
     images = np.stack([load_eval_image(path, size, **transform) for path in args.images])
     layers = args.attention_layer or default_attention_layers(explain.attention_layer_names(model))
     probabilities = model.predict(images, verbose=0)
-    cam = explain.grad_cam(model, images, class_index=args.class_index, layer=args.layer)
+    cam = explain.grad_cam(
+        model, images, class_index=args.class_index, layer=args.layer, method=args.method
+    )
     os.makedirs(args.out, exist_ok=True)
     for index, target in enumerate(targets):
         label = int(cam.classes[index])
@@ -133,7 +141,7 @@ def run(args) -> list[str]:
         overlays = [
             Overlay(
                 cam.heatmaps[index],
-                f"Grad-CAM: {name}\n{cam.layer}",
+                f"{'HiResCAM' if cam.method == 'hirescam' else 'Grad-CAM'}: {name}\n{cam.layer}",
                 "evidence for the class (1 = its maximum)",
             )
         ]

@@ -1,4 +1,5 @@
-"""Grad-CAM (Selvaraju et al., 2017) for keras_maxvit classifiers, on every backend."""
+"""Grad-CAM (Selvaraju et al., 2017) and HiResCAM (Draelos and Carin, 2020)
+for keras_maxvit classifiers, on every backend."""
 
 from dataclasses import dataclass
 
@@ -15,10 +16,13 @@ class GradCAM:
     Attributes:
         heatmaps: `(batch, height, width)` at image resolution, each scaled to
             `[0, 1]` by its maximum (all zeros where nothing contributes).
-        cams: `(batch, h, w)` at the layer's resolution, unscaled:
+        cams: `(batch, h, w)` at the layer's resolution, unscaled. Grad-CAM:
             `ReLU(sum_k alpha_k A_k)` with `alpha_k` the spatial mean of the
-            class score's gradient with respect to channel `k` of `A`.
+            class score's gradient `G_k` with respect to channel `k` of `A`;
+            HiResCAM: `ReLU(sum_k G_k * A_k)`, the gradient taken at each
+            position instead of its mean.
         channel_weights: `(batch, channels)` the `alpha_k`.
+        method: `"gradcam"` or `"hirescam"`.
         classes: `(batch,)` the explained class of each image.
         scores: `(batch,)` that class's score (the logit, before the
             classifier's activation).
@@ -31,6 +35,10 @@ class GradCAM:
     classes: np.ndarray
     scores: np.ndarray
     layer: str
+    method: str = "gradcam"
+
+
+METHODS = ("gradcam", "hirescam")
 
 
 def resize_bilinear(maps: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -71,7 +79,9 @@ def _class_indices(class_index, batch: int, classes: int):
     return values.astype("int64")
 
 
-def grad_cam(model, images, class_index=None, layer=None, batch_size: int = 16) -> GradCAM:
+def grad_cam(
+    model, images, class_index=None, layer=None, batch_size: int = 16, method: str = "gradcam"
+) -> GradCAM:
     """Grad-CAM heat maps of a keras_maxvit classifier.
 
     Args:
@@ -86,11 +96,20 @@ def grad_cam(model, images, class_index=None, layer=None, batch_size: int = 16) 
             `"stage2_block4_grid_attn"`, a block's output) or a pyramid level
             `"P1"`..`"P5"`. Default: the last block of the last stage.
         batch_size: Images per forward and backward pass.
+        method: `"gradcam"` (the channel weights are the spatial mean of the
+            gradient) or `"hirescam"` (gradient times activation at each
+            position, summed over channels: where the score's first-order
+            change comes from). They agree where the gradient is the same at
+            every position, as at the last stage, which feeds the classifier
+            through a global average; at earlier stages, whose gradient varies
+            over the map, HiResCAM keeps where it is large.
 
     Returns:
         A `GradCAM`.
     """
     _graph.check_model(model)
+    if method not in METHODS:
+        raise ValueError(f"`method` must be one of {METHODS}. Received: method={method!r}")
     images = _graph.check_images(model, images)
     final = _graph.output_layer(model)
     tensor = _graph.feature_tensor(model, layer)
@@ -121,7 +140,11 @@ def grad_cam(model, images, class_index=None, layer=None, batch_size: int = 16) 
             activations = ops.convert_to_numpy(ops.cast(activations, "float32"))
             alpha = gradient.mean(axis=(1, 2))  # (B, channels)
             alphas.append(alpha)
-            cams.append(np.maximum(np.einsum("bhwc,bc->bhw", activations, alpha), 0.0))
+            if method == "gradcam":
+                cam = np.einsum("bhwc,bc->bhw", activations, alpha)
+            else:
+                cam = np.einsum("bhwc,bhwc->bhw", activations, gradient)
+            cams.append(np.maximum(cam, 0.0))
             chosen.append(index)
             scores.append(ops.convert_to_numpy(value))
     cams = np.concatenate(cams)
@@ -135,4 +158,5 @@ def grad_cam(model, images, class_index=None, layer=None, batch_size: int = 16) 
         classes=np.concatenate(chosen).astype("int64"),
         scores=np.concatenate(scores).astype("float32"),
         layer=name,
+        method=method,
     )
