@@ -7,10 +7,10 @@
   reads its share of each global batch (auto-shard policy DATA).
 - PyTorch: `torch.distributed` as `torchrun` sets it up (NCCL on GPUs, gloo
   on CPU). Gradients are all-reduced (averaged) before each optimizer update,
-  the variables start equal (broadcast from rank 0), and the training logs are
-  averaged over the processes. BatchNorm statistics are each process's own, as
-  in DDP without SyncBatchNorm; their moving averages are averaged over the
-  processes before each validation and at the end.
+  the variables start equal (broadcast from rank 0), BatchNorm in training
+  normalizes with the moments of the global batch (all-reduced, with their
+  gradient, as torch's SyncBatchNorm), and the training logs are averaged over
+  the processes.
 
 `setup()` reads the launch from the usual environment variables; the batches
 given to `shard` are global batches.
@@ -22,6 +22,9 @@ import os
 
 import keras
 
+# Set on a BatchNormalization whose moments `synchronize_torch_batch_norm` all-reduces.
+ALL_REDUCED = "_keras_maxvit_all_reduced"
+
 
 def _env_int(*names):
     for name in names:
@@ -30,26 +33,22 @@ def _env_int(*names):
     return None
 
 
-class MultiWorkerMirroredStrategy:
-    """Builds a `tf.distribute.MultiWorkerMirroredStrategy` whose `reduce`
-    works for Keras 3's `fit` (keras-team/keras#20585): Keras reduces a
-    nested batch and scalar logs with `axis=0`, which the strategy refuses."""
+def multi_worker_mirrored_strategy():
+    """A `tf.distribute.MultiWorkerMirroredStrategy` (from `TF_CONFIG`) whose
+    `reduce` works for Keras 3's `fit` (keras-team/keras#20585): Keras reduces
+    a nested batch and scalar logs with `axis=0`, which the strategy refuses."""
+    import tensorflow as tf
 
-    def __new__(cls):
-        import tensorflow as tf
+    class Strategy(tf.distribute.MultiWorkerMirroredStrategy):
+        def reduce(self, reduce_op, value, axis):
+            def one(part):
+                local = self.experimental_local_results(part)[0]
+                rank = getattr(getattr(local, "shape", None), "rank", None)
+                return super(Strategy, self).reduce(reduce_op, part, None if rank == 0 else axis)
 
-        class Strategy(tf.distribute.MultiWorkerMirroredStrategy):
-            def reduce(self, reduce_op, value, axis):
-                def one(part):
-                    local = self.experimental_local_results(part)[0]
-                    rank = getattr(getattr(local, "shape", None), "rank", None)
-                    return super(Strategy, self).reduce(
-                        reduce_op, part, None if rank == 0 else axis
-                    )
+            return tf.nest.map_structure(one, value)
 
-                return tf.nest.map_structure(one, value)
-
-        return Strategy()
+    return Strategy()
 
 
 class Cluster:
@@ -71,6 +70,34 @@ class Cluster:
     def scope(self):
         return self.strategy.scope() if self.strategy is not None else contextlib.nullcontext()
 
+    def barrier(self) -> None:
+        """Waits until every process of the run has come here."""
+        if self.processes == 1:
+            return
+        if self.backend == "torch":
+            import torch.distributed as dist
+
+            dist.barrier()
+        elif self.backend == "jax":
+            from jax.experimental import multihost_utils
+
+            multihost_utils.sync_global_devices("keras_maxvit barrier")
+        else:  # a collective all-reduce: every worker must take part
+            import tensorflow as tf
+
+            strategy = self.strategy
+            strategy.reduce("SUM", strategy.run(lambda: tf.ones(())), axis=None)
+
+    def chief_first(self, work) -> None:
+        """Runs `work()` on the first process, then on the others: e.g. a
+        dataset download, once into a shared folder (the others find it
+        ready) and once per host where hosts do not share one."""
+        if self.chief:
+            work()
+        self.barrier()
+        if not self.chief:
+            work()
+
     def check_batch_size(self, batch_size: int, argument: str = "--batch-size") -> None:
         replicas = self.strategy.num_replicas_in_sync if self.strategy else self.processes
         if batch_size % replicas:
@@ -80,31 +107,49 @@ class Cluster:
             )
 
     def shard(self, batches, batch_size: int):
-        """This process's share of each global batch of the `tf.data` `batches`."""
-        import tensorflow as tf
+        """This process's share of each global batch of the `tf.data` `batches`.
 
+        On JAX and PyTorch, process `i` of `n` takes examples `i, i + n, ...`
+        of every batch: each process has as many batches as there are global
+        ones (the dataset's cardinality stays known to `fit`), also for a last
+        partial batch, so no process waits in a collective for another.
+        """
         if self.backend == "tensorflow" and self.strategy is not None:
-            options = tf.data.Options()
-            options.experimental_distribute.auto_shard_policy = (
-                tf.data.experimental.AutoShardPolicy.DATA
-            )
-            return batches.with_options(options)
+            return _data_policy(batches)
         if self.processes == 1:
             return batches
         self.check_batch_size(batch_size)
-        return batches.rebatch(batch_size // self.processes).shard(self.processes, self.index)
+        import tensorflow as tf
+
+        index, processes = self.index, self.processes
+
+        def share(*element):
+            part = tf.nest.map_structure(lambda t: t[index::processes], element)
+            return part if len(part) > 1 else part[0]
+
+        return batches.map(share, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
     def validation(self, batches):
         """Validation batches: whole on every process for JAX and PyTorch (exact
         metrics on every process, with a last partial batch), shared out by
         the strategy on TensorFlow."""
         if self.backend == "tensorflow" and self.strategy is not None:
-            return self.shard(batches, 0)
+            return _data_policy(batches)
         return batches
 
     def prepare(self, model) -> None:
-        """After `model.compile`: PyTorch averages gradients over the processes
+        """After `model.compile`: BatchNorm in training normalizes over the
+        global batch (TensorFlow: Keras' `synchronized=True` on every norm;
+        PyTorch: `synchronize_torch_batch_norm`; JAX's `DataParallel` sees
+        the global batch), and PyTorch averages gradients over the processes
         before the optimizer's update, from equal starting variables."""
+        if self.backend == "tensorflow" and self.strategy is not None:
+            from keras_maxvit.layers import MBConv
+
+            for layer in model._flatten_layers(include_self=False):
+                if isinstance(layer, (keras.layers.BatchNormalization, MBConv)):
+                    layer.synchronized = True
+            return
         if self.backend != "torch" or self.processes == 1:
             return
         import torch.distributed as dist
@@ -112,6 +157,7 @@ class Cluster:
         if not self._broadcast:
             for variable in model.variables:
                 dist.broadcast(variable.value.data, src=0)
+            synchronize_torch_batch_norm(model, self.processes)
             self._broadcast = True
         optimizer = model.optimizer
         if getattr(optimizer, "_keras_maxvit_all_reduce", False):
@@ -133,9 +179,32 @@ class Cluster:
         optimizer.apply = all_reduced_apply
         optimizer._keras_maxvit_all_reduce = True
 
+    def save(self, model, path: str) -> None:
+        """The first process saves `model` to the `.keras` file `path`
+        (atomically, and without TensorFlow's BatchNorm synchronization, which
+        Keras allows on TensorFlow only: the file loads under every backend).
+
+        Call it on every process: JAX gathers the variables, which span the
+        devices of all processes, with every process taking part (the others
+        write to a temporary folder, then remove it).
+        """
+        from keras_maxvit.resume import save_portable
+
+        if self.chief:
+            save_portable(model, path)
+        elif self.backend == "jax" and self.processes > 1:
+            import shutil
+            import tempfile
+
+            folder = tempfile.mkdtemp(prefix="keras_maxvit_process_")
+            try:
+                save_portable(model, os.path.join(folder, os.path.basename(path)))
+            finally:
+                shutil.rmtree(folder, ignore_errors=True)
+
     def callbacks(self) -> list:
         if self.backend == "torch" and self.processes > 1:
-            return [_AverageOverProcesses(self.processes)]
+            return [_AverageLogs(self.processes)]
         return []
 
     def finish(self) -> None:
@@ -144,6 +213,15 @@ class Cluster:
 
             if dist.is_initialized():
                 dist.destroy_process_group()
+
+
+def _data_policy(batches):
+    """The strategy shares out each batch (auto-shard policy DATA)."""
+    import tensorflow as tf
+
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return batches.with_options(options)
 
 
 def _flat_mean(parts, processes):
@@ -155,37 +233,60 @@ def _flat_mean(parts, processes):
     return flat / processes
 
 
-class _AverageOverProcesses(keras.callbacks.Callback):
-    """PyTorch: averages the training logs and the BatchNorm moving statistics
-    over the processes (equal shares of each batch: plain means)."""
+def synchronize_torch_batch_norm(model, processes: int) -> None:
+    """PyTorch, several processes: every BatchNormalization of `model` takes
+    its training moments over the global batch (equal shares per process).
+
+    Each process's mean and mean square of its share are averaged over the
+    processes by an all-reduce whose gradient is the all-reduce of theirs, so
+    the outputs, gradients and moving statistics equal one process's on the
+    whole batch. No kernel stands in for these layers (`kernels.select`), and
+    their configs are unchanged: the `.keras` files load anywhere.
+    """
+    for layer in model._flatten_layers(include_self=False):
+        if isinstance(layer, keras.layers.BatchNormalization) and not getattr(
+            layer, ALL_REDUCED, False
+        ):
+            layer._moments = _all_reduced_moments(layer, processes)
+            setattr(layer, ALL_REDUCED, True)
+
+
+def _all_reduced_moments(layer, processes):
+    import torch
+    import torch.distributed as dist
+
+    class AllReduceSum(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, tensor):
+            tensor = tensor.clone()
+            dist.all_reduce(tensor)
+            return tensor
+
+        @staticmethod
+        def backward(ctx, gradient):
+            return AllReduceSum.apply(gradient.contiguous())
+
+    def moments(inputs, mask):
+        if mask is not None:
+            raise ValueError(
+                "Synchronized BatchNorm on PyTorch takes no mask. "
+                f"Received: mask of shape {tuple(mask.shape)} in layer {layer.name}"
+            )
+        axes = tuple(layer._reduction_axes)
+        local = torch.stack([torch.mean(inputs, dim=axes), torch.mean(inputs * inputs, dim=axes)])
+        mean, square = AllReduceSum.apply(local) / processes
+        return mean, square - mean * mean
+
+    return moments
+
+
+class _AverageLogs(keras.callbacks.Callback):
+    """PyTorch: averages the training logs over the processes (equal shares
+    of each batch: plain means)."""
 
     def __init__(self, processes: int):
         super().__init__()
         self.processes = processes
-
-    def _statistics(self):
-        for layer in self.model._flatten_layers(include_self=False):
-            if isinstance(layer, keras.layers.BatchNormalization):
-                yield layer.moving_mean
-                yield layer.moving_variance
-
-    def _average_statistics(self):
-        import torch
-
-        variables = list(self._statistics())
-        flat = _flat_mean([v.value.data.reshape(-1) for v in variables], self.processes)
-        start = 0
-        with torch.no_grad():
-            for variable in variables:
-                size = variable.value.numel()
-                variable.value.data.copy_(flat[start : start + size].view_as(variable.value))
-                start += size
-
-    def on_test_begin(self, logs=None):
-        self._average_statistics()
-
-    def on_train_end(self, logs=None):
-        self._average_statistics()
 
     def on_epoch_end(self, epoch, logs=None):
         import torch
@@ -262,7 +363,7 @@ def setup(
 
         workers, index = _tf_cluster()
         if workers > 1:
-            return Cluster(backend, workers, index, MultiWorkerMirroredStrategy())
+            return Cluster(backend, workers, index, multi_worker_mirrored_strategy())
         return Cluster(backend, strategy=tf.distribute.MirroredStrategy())
     if backend == "torch":
         processes = _env_int("WORLD_SIZE")

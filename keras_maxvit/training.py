@@ -15,6 +15,8 @@ from `last.keras`.
 
 import argparse
 import os
+import shutil
+import tempfile
 
 import keras
 import numpy as np
@@ -114,10 +116,12 @@ def _epoch_seed(seed: int, epoch: int) -> int:
     return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
 
 
-def load_datasets(args):
+def load_datasets(args, cluster=None):
     """(train, validation, class_names): `train(epoch)` and `validation` are
     unbatched `tf.data` of (uint8 image, label). Each epoch reads the training
-    images in an order of its own, a function of `(--seed, epoch)` alone."""
+    images in an order of its own, a function of `(--seed, epoch)` alone.
+    With a `distributed.Cluster`, the first process prepares a tfds dataset
+    before the others."""
     import tensorflow as tf
 
     if args.data_dir:
@@ -142,7 +146,10 @@ def load_datasets(args):
     import keras_maxvit.datasets.shapes  # noqa: F401  registers maxvit_shapes
 
     builder = tfds.builder(args.dataset, data_dir=args.tfds_dir)
-    builder.download_and_prepare()
+    if cluster is None:
+        builder.download_and_prepare()
+    else:
+        cluster.chief_first(builder.download_and_prepare)
     splits = builder.info.splits
     if "validation" in splits:
         split = ["train", "validation"]
@@ -356,13 +363,18 @@ def run(args) -> dict:
     cluster = distributed.setup(
         args.distribute, args.coordinator_address, args.num_processes, args.process_id
     )
+    # Only the first process writes the run's files; the others write theirs
+    # to a temporary folder, removed at the end (also after an error).
+    temporary = None if cluster.chief else tempfile.mkdtemp(prefix="keras_maxvit_process_")
     try:
-        return _run(args, cluster)
+        return _run(args, cluster, temporary)
     finally:
+        if temporary is not None:
+            shutil.rmtree(temporary, ignore_errors=True)
         cluster.finish()
 
 
-def _run(args, cluster) -> dict:
+def _run(args, cluster, temporary) -> dict:
     keras.utils.set_random_seed(args.seed)
     if args.precision != "float32":
         keras.mixed_precision.set_global_policy(args.precision)
@@ -377,16 +389,11 @@ def _run(args, cluster) -> dict:
             ("state", "state.json"),
         )
     }
-    # Only the first process writes the run's files; the others write theirs
-    # to a temporary folder, removed at the end.
     writes = paths
-    if not cluster.chief:
-        import tempfile
-
-        temporary = tempfile.mkdtemp(prefix=f"keras_maxvit_process{cluster.index}_")
+    if temporary is not None:
         writes = {name: os.path.join(temporary, os.path.basename(p)) for name, p in paths.items()}
     cluster.check_batch_size(args.batch_size)
-    train_raw, val_raw, names = load_datasets(args)
+    train_raw, val_raw, names = load_datasets(args, cluster)
     val = make_pipeline(val_raw, args.image_size, args.batch_size, False)
     val = cluster.validation(val)
     examples = int(train_raw(0).cardinality())
@@ -477,9 +484,6 @@ def _run(args, cluster) -> dict:
     best = keras.saving.load_model(best_path, safe_mode=True)
     loss, accuracy = best.evaluate(val, verbose=0)
     if not cluster.chief:
-        import shutil
-
-        shutil.rmtree(os.path.dirname(writes["best"]), ignore_errors=True)
         return {"val_accuracy": float(accuracy), "val_loss": float(loss), "classes": names}
     plot_curves(paths["log"], paths["plot"], args.head_epochs)
     print(f"Validation accuracy {accuracy:.4f} (loss {loss:.4f}) of the best model")

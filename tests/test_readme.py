@@ -6,7 +6,6 @@ import re
 import subprocess
 import sys
 
-import keras
 import numpy as np
 import pytest
 from conftest import default_backend_only
@@ -17,12 +16,14 @@ README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
 
 def _python_blocks():
     blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.DOTALL)
-    assert len(blocks) == 6, (
-        "README.md: usage, pretrained, backbone, export, explain and keras-hub examples"
+    assert len(blocks) == 7, (
+        "README.md: usage, pretrained, backbone, export, distributed (tests/test_distributed.py), "
+        "explain and keras-hub examples"
     )
     return blocks
 
 
+@default_backend_only
 def test_readme_usage_example_runs(capsys):
     exec(compile(_python_blocks()[0], str(README), "exec"), {})
     printed = capsys.readouterr().out
@@ -74,9 +75,7 @@ def _small_tiny(**kwargs):
     return keras_maxvit.MaxViT(**SMALL_CONFIG, **kwargs)
 
 
-@pytest.mark.skipif(
-    keras.backend.backend() == "torch", reason="SavedModel export needs torch_xla on PyTorch"
-)
+@default_backend_only  # test_export.py exports on every backend
 @pytest.mark.parametrize(
     "full_size",
     [False, pytest.param(True, marks=pytest.mark.slow)],
@@ -94,10 +93,14 @@ def test_readme_export_example_runs(full_size, capsys, tmp_path, monkeypatch):
     assert capsys.readouterr().out.strip().endswith("True")
 
 
+@pytest.mark.slow
 @default_backend_only
 def test_readme_keras_hub_example_runs_from_a_local_hub_cache(tmp_path):
     """The keras-hub example, offline: its checkpoints come from a Hub cache of
-    (perturbed, random) timm models written by timm's own `save_for_hf`."""
+    (perturbed, random) timm models written by timm's own `save_for_hf`.
+
+    In `nox -s slow`: it converts two full-size MaxViT-T checkpoints (about 2.5
+    minutes); test_hub.py checks the same presets and tasks on small models."""
     pytest.importorskip("keras_hub")
     import timm
     from conftest import perturb_timm_model
@@ -112,7 +115,7 @@ def test_readme_keras_hub_example_runs_from_a_local_hub_cache(tmp_path):
     (tmp_path / "work").mkdir()
     env = dict(os.environ, HF_HUB_CACHE=str(hub), HF_HUB_OFFLINE="1")
     result = subprocess.run(
-        [sys.executable, "-c", _python_blocks()[5]],
+        [sys.executable, "-c", _python_blocks()[6]],
         env=env,
         cwd=tmp_path / "work",
         capture_output=True,

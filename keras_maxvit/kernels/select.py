@@ -205,6 +205,8 @@ def _plain(layer, dtype) -> bool:
         return False
     if getattr(layer, "synchronized", False):
         return False
+    if getattr(layer, "_keras_maxvit_all_reduced", False):  # distributed.ALL_REDUCED
+        return False
     policy = layer.dtype_policy
     if getattr(policy, "quantization_mode", None) is not None:
         return False
