@@ -11,7 +11,12 @@ that size gives.
 import keras
 import numpy as np
 import pytest
-from conftest import SMALL_CONFIG, save_timm_checkpoint, timm_small_model, to_numpy
+from conftest import (
+    SMALL_CONFIG,
+    save_timm_checkpoint,
+    timm_small_model,
+    to_numpy,
+)
 from test_layers import randomized_attention
 
 import keras_maxvit
@@ -218,6 +223,8 @@ def test_unknown_size_model_trains_and_round_trips(tmp_path, checkpoint):
     )
 
 
+# Full size, in `nox -s slow` (the small-config tests above run on all three backends).
+@pytest.mark.slow
 def test_pretrained_tiny_backbone_of_unknown_size_matches_timm(tmp_path):
     """A MaxViT-T checkpoint in a `(None, None, 3)` backbone: window 7, timm's features at 224."""
     import timm

@@ -113,9 +113,10 @@ def _image_folder(root, per_class=5):
 
 
 @pytest.mark.skipif(
-    keras.backend.backend() == "jax",
-    reason="the fit command's phases and files do not depend on the backend; under JAX the "
-    "command's compiled training runs in test_resume.py",
+    keras.backend.backend() != "torch",
+    reason="the fit command's phases and files do not depend on the backend: checked under "
+    "PyTorch; the command's compiled training runs in test_resume.py (JAX), the quick start "
+    "and test_distributed.py (TensorFlow)",
 )
 def test_fit_two_phases_writes_artifacts_and_keeps_the_best_epoch(tmp_path, monkeypatch):
     # The default compile() path; resuming is tested in test_resume.py.
@@ -136,10 +137,13 @@ def test_fit_two_phases_writes_artifacts_and_keeps_the_best_epoch(tmp_path, monk
 
 @pytest.mark.parametrize("policy", ["mixed_bfloat16", "mixed_float16"])
 def test_mixed_precision_fit_stays_finite(policy):
+    # Half-precision numerics (outputs, gradients, BatchNorm statistics) are checked on every
+    # backend in test_kernels.py; here one fit per policy: bfloat16 on PyTorch, float16 (with
+    # Keras' backend-independent loss scaling) on TensorFlow.
     if policy == "mixed_bfloat16" and keras.backend.backend() != "torch":
-        # bfloat16 numerics (outputs, gradients, BatchNorm statistics) are checked on every
-        # backend in test_kernels.py; float16's fit, with its loss scaling, stays here.
-        pytest.skip("one compiled half-precision fit per backend: float16, with loss scaling")
+        pytest.skip("bfloat16 fit: checked on PyTorch (numerics on all backends: test_kernels)")
+    if policy == "mixed_float16" and keras.backend.backend() != "tensorflow":
+        pytest.skip("float16 fit: checked on TensorFlow (numerics on all backends: test_kernels)")
     keras.mixed_precision.set_global_policy(policy)
     try:
         keras.utils.set_random_seed(0)
