@@ -60,7 +60,6 @@ class Cluster:
         self.processes = processes
         self.index = index
         self.strategy = strategy
-        self._broadcast = False
 
     @property
     def chief(self) -> bool:
@@ -154,11 +153,11 @@ class Cluster:
             return
         import torch.distributed as dist
 
-        if not self._broadcast:
+        if not getattr(model, "_keras_maxvit_prepared", False):  # once per model
             for variable in model.variables:
                 dist.broadcast(variable.value.data, src=0)
             synchronize_torch_batch_norm(model, self.processes)
-            self._broadcast = True
+            model._keras_maxvit_prepared = True
         optimizer = model.optimizer
         if getattr(optimizer, "_keras_maxvit_all_reduce", False):
             return
