@@ -17,6 +17,7 @@ given to `shard` are global batches.
 """
 
 import contextlib
+import functools
 import json
 import os
 
@@ -143,11 +144,9 @@ class Cluster:
         the global batch), and PyTorch averages gradients over the processes
         before the optimizer's update, from equal starting variables."""
         if self.backend == "tensorflow" and self.strategy is not None:
-            from keras_maxvit.layers import MBConv
+            from keras_maxvit.training import set_batch_norm
 
-            for layer in model._flatten_layers(include_self=False):
-                if isinstance(layer, (keras.layers.BatchNormalization, MBConv)):
-                    layer.synchronized = True
+            set_batch_norm(model, synchronized=True)
             return
         if self.backend != "torch" or self.processes == 1:
             return
@@ -250,7 +249,10 @@ def synchronize_torch_batch_norm(model, processes: int) -> None:
             setattr(layer, ALL_REDUCED, True)
 
 
-def _all_reduced_moments(layer, processes):
+@functools.cache
+def _all_reduce_sum():
+    """A torch autograd function: the sum over the processes, whose gradient
+    is the sum of the processes' gradients."""
     import torch
     import torch.distributed as dist
 
@@ -265,6 +267,14 @@ def _all_reduced_moments(layer, processes):
         def backward(ctx, gradient):
             return AllReduceSum.apply(gradient.contiguous())
 
+    return AllReduceSum
+
+
+def _all_reduced_moments(layer, processes):
+    import torch
+
+    all_reduce_sum = _all_reduce_sum()
+
     def moments(inputs, mask):
         if mask is not None:
             raise ValueError(
@@ -273,7 +283,7 @@ def _all_reduced_moments(layer, processes):
             )
         axes = tuple(layer._reduction_axes)
         local = torch.stack([torch.mean(inputs, dim=axes), torch.mean(inputs * inputs, dim=axes)])
-        mean, square = AllReduceSum.apply(local) / processes
+        mean, square = all_reduce_sum.apply(local) / processes
         return mean, square - mean * mean
 
     return moments

@@ -28,6 +28,8 @@ from dataclasses import dataclass
 
 import keras
 
+from keras_maxvit.distributed import ALL_REDUCED
+
 MODES = ("auto", "reference", "fast")
 ENV_VAR = "KERAS_MAXVIT_KERNELS"
 HALF = ("float16", "bfloat16")
@@ -205,7 +207,7 @@ def _plain(layer, dtype) -> bool:
         return False
     if getattr(layer, "synchronized", False):
         return False
-    if getattr(layer, "_keras_maxvit_all_reduced", False):  # distributed.ALL_REDUCED
+    if getattr(layer, ALL_REDUCED, False):  # its moments are all-reduced over processes
         return False
     policy = layer.dtype_policy
     if getattr(policy, "quantization_mode", None) is not None:
