@@ -219,6 +219,59 @@ def test_half_precision_against_float32_reference(policy, mode):
         assert relative(u, u_ref) <= tol_stats, f"non-trainable {index}"
 
 
+@pytest.mark.skipif(BACKEND != "torch", reason="PyTorch's kernels without autograd")
+@pytest.mark.parametrize("shape", [EVEN, PADDED], ids=["even", "padded"])
+def test_predict_fast_equals_reference_without_autograd(shape):
+    # `predict` runs under `torch.no_grad`, where the PyTorch kernels take
+    # other forms (GELU in place, uneven "same" padding as a wider kernel):
+    # the logits and the P1..P3 feature maps against the reference path.
+    from keras_maxvit.models.backbone import get_pyramid_outputs
+
+    classifier = small_model(input_shape=shape[1:])
+    outputs = {**get_pyramid_outputs(classifier), "logits": classifier.output}
+    model = keras.Model(classifier.inputs, outputs)
+    x = images(shape)
+    keras_maxvit.set_kernels("reference")
+    want = model.predict_on_batch(x)
+    keras_maxvit.set_kernels("fast")
+    got = model.predict_on_batch(x)
+    assert sorted(got) == sorted(want)
+    for key in want:
+        assert_relative(got[key], want[key], 2e-5, key)
+
+
+@pytest.mark.skipif(BACKEND != "torch", reason="the stem's kernel is PyTorch's")
+@pytest.mark.parametrize("strides", [1, 2])
+@pytest.mark.parametrize("size", [(8, 8), (7, 10)])
+def test_stem_conv_kernel_equals_conv2d(strides, size):
+    # `StemConv2D` ("conv" kernel: one channels-first conv with its bias)
+    # against `keras.layers.Conv2D` with the same weights: values with and
+    # without autograd, and the input, kernel and bias gradients.
+    import torch
+
+    keras_maxvit.set_kernels("fast")
+    kwargs = {"filters": 4, "kernel_size": 3, "strides": strides, "padding": "same"}
+    stem, conv = keras_maxvit.layers.StemConv2D(**kwargs), keras.layers.Conv2D(**kwargs)
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(2, *size, 3)).astype("float32")
+    for layer in (stem, conv):
+        layer.build(x.shape)
+    stem.set_weights([rng.normal(size=w.shape).astype("float32") for w in stem.weights])
+    conv.set_weights(stem.get_weights())
+    with torch.no_grad():
+        assert_relative(to_numpy(stem(x)), to_numpy(conv(x)), 1e-6, "no autograd")
+    upstream = torch.tensor(rng.normal(size=tuple(conv(x).shape)).astype("float32"))
+    grads = []
+    for layer in (stem, conv):
+        inputs = torch.tensor(x, requires_grad=True)
+        out = layer(inputs)
+        (out * upstream).sum().backward()
+        grads.append([to_numpy(out), to_numpy(inputs.grad)])
+        grads[-1] += [to_numpy(w.value.grad) for w in layer.trainable_weights]
+    for index, (got, want) in enumerate(zip(*grads, strict=True)):
+        assert_relative(got, want, 1e-5, f"output and gradients {index}")
+
+
 @pytest.mark.parametrize("shape", [EVEN, PADDED], ids=["even", "padded"])
 def test_fused_attention_equals_einsum_path(shape):
     # `ops.dot_product_attention` with the bias (forced on CPU) against the

@@ -15,19 +15,21 @@ from conftest import perturb_timm_model, to_numpy
 from test_partition import block_partition_loops, grid_partition_loops
 
 from keras_maxvit.kernels.batch_norm import _normalize_with_gradient, batch_norm_train
-from keras_maxvit.kernels.depthwise import depthwise_conv_channels_first, depthwise_conv_same
+from keras_maxvit.kernels.depthwise import depthwise_conv, depthwise_conv_same
 from keras_maxvit.kernels.linear import flat_matmul
 from keras_maxvit.kernels.reduce import channel_moments, channel_sum
 from keras_maxvit.layers import (
     MBConv,
     PartitionAttentionBlock,
     RelativePositionAttention,
+    StemConv2D,
     StochasticDepth,
 )
 from keras_maxvit.timm_convert import convert_state_dict, timm_key
 
 LAYER_CASES = [
     (StochasticDepth, {"rate": 0.25, "seed": 1}, (4, 4, 4, 8)),
+    (StemConv2D, {"filters": 6, "kernel_size": 3, "strides": 2, "padding": "same"}, (2, 8, 7, 3)),
     (
         RelativePositionAttention,
         {"partition_type": "grid", "partition_size": 2, "head_size": 8},
@@ -60,7 +62,9 @@ def test_config_lists_exactly_init_arguments(cls, kwargs, shape):
     layer = cls(**kwargs)
     config = layer.get_config()
     init_args = set(inspect.signature(cls.__init__).parameters) - {"self", "kwargs"}
-    assert set(config) - BASE_CONFIG_KEYS == init_args
+    # (A base-layer argument, e.g. Conv2D's `activity_regularizer`, may be both.)
+    assert set(config) - BASE_CONFIG_KEYS == init_args - BASE_CONFIG_KEYS
+    assert init_args <= set(config)
     clone = cls.from_config(config)
     assert clone.get_config() == config
     registered = keras.saving.get_registered_name(cls)
@@ -420,15 +424,44 @@ def test_flat_matmul_matches_numpy(shape, dtype):
 
 
 @pytest.mark.parametrize("strides", [1, 2])
-@pytest.mark.parametrize("size", [(8, 8), (7, 10)])
-def test_channels_first_depthwise_conv_equals_depthwise_conv(strides, size):
-    # PyTorch's depthwise path (a channels-first conv on a transposed view).
+@pytest.mark.parametrize("size", [(8, 8), (7, 10), (8, 5)])
+def test_depthwise_kernel_with_bias_equals_depthwise_conv(strides, size):
+    # The "depthwise" kernel of this backend (PyTorch: one channels-first conv
+    # that adds the bias; without gradient, uneven stride-2 padding as a
+    # wider kernel) against `ops.depthwise_conv` plus the bias: values, and
+    # input, kernel and bias gradients against automatic differentiation.
     rng = np.random.default_rng(6)
     x = rng.normal(size=(2, *size, 5)).astype("float32")
     kernel = rng.normal(size=(3, 3, 5, 1)).astype("float32")
-    want = keras.ops.depthwise_conv(x, kernel, strides, padding="same")
-    got = depthwise_conv_channels_first(x, kernel, strides)
-    np.testing.assert_allclose(to_numpy(got), to_numpy(want), rtol=1e-5, atol=1e-5)
+    bias = rng.normal(size=5).astype("float32")
+    upstream = keras.ops.convert_to_tensor(
+        rng.normal(size=(2, -(-size[0] // strides), -(-size[1] // strides), 5)).astype("float32")
+    )
+
+    def reference(x, kernel, bias):
+        return keras.ops.depthwise_conv(x, kernel, strides, padding="same") + bias
+
+    want = to_numpy(reference(x, kernel, bias))
+    tensors = [keras.ops.convert_to_tensor(t) for t in (x, kernel, bias)]
+    got = depthwise_conv(tensors[0], tensors[1], strides, tensors[2])
+    np.testing.assert_allclose(to_numpy(got), want, rtol=1e-5, atol=1e-5)
+    if keras.backend.backend() == "torch":
+        import torch
+
+        with torch.no_grad():
+            got = depthwise_conv(torch.tensor(x), torch.tensor(kernel), strides, torch.tensor(bias))
+        np.testing.assert_allclose(to_numpy(got), want, rtol=1e-5, atol=1e-5)
+
+    def loss(fn):
+        return lambda x, kernel, bias: keras.ops.sum(fn(x, kernel, bias) * upstream)
+
+    kernel_loss = loss(lambda x, kernel, bias: depthwise_conv(x, kernel, strides, bias))
+    for got, want in zip(
+        _backend_grads(kernel_loss, x, kernel, bias),
+        _backend_grads(loss(reference), x, kernel, bias),
+        strict=True,
+    ):
+        np.testing.assert_allclose(to_numpy(got), to_numpy(want), rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("partition_type", ["block", "grid"])

@@ -16,10 +16,12 @@ kernel, MBConv computes with them instead of calling them:
   faster on CPU than over the axes of the 4-D map.
 """
 
+import math
+
 import keras
 from keras import ops
 
-from keras_maxvit.kernels.linear import flat_matmul
+from keras_maxvit.kernels.linear import matmul_bias
 from keras_maxvit.kernels.reduce import channel_moments, channel_sum
 from keras_maxvit.kernels.select import HALF, use_kernel
 
@@ -90,15 +92,22 @@ def batch_norm_train(norm, x):
     dtype = x.dtype
     if keras.backend.standardize_dtype(dtype) in HALF:
         x = ops.cast(x, "float32")
-    mean, variance = channel_moments(ops.stop_gradient(x))
+    if keras.backend.backend() == "torch" and math.prod(x.shape[:-1]) > 1:
+        from keras_maxvit.kernels import torch_eager
+
+        gamma = ops.cast(norm.gamma, "float32") if norm.scale else None
+        beta = ops.cast(norm.beta, "float32") if norm.center else None
+        y, mean, variance = torch_eager.batch_norm_train(x, gamma, beta, norm.epsilon)
+    else:
+        mean, variance = channel_moments(ops.stop_gradient(x))
+        # Read as tensors here (a cast, not the variables themselves): TensorFlow's
+        # custom gradient would otherwise want gradients for captured variables.
+        gamma = ops.cast(norm.gamma, "float32") if norm.scale else ops.ones_like(mean)
+        beta = ops.cast(norm.beta, "float32") if norm.center else ops.zeros_like(mean)
+        y = _normalize_with_gradient(x, mean, variance, gamma, beta, norm.epsilon)
     momentum = norm.momentum
     norm.moving_mean.assign(norm.moving_mean * momentum + mean * (1.0 - momentum))
     norm.moving_variance.assign(norm.moving_variance * momentum + variance * (1.0 - momentum))
-    # Read as tensors here (a cast, not the variables themselves): TensorFlow's
-    # custom gradient would otherwise want gradients for captured variables.
-    gamma = ops.cast(norm.gamma, "float32") if norm.scale else ops.ones_like(mean)
-    beta = ops.cast(norm.beta, "float32") if norm.center else ops.zeros_like(mean)
-    y = _normalize_with_gradient(x, mean, variance, gamma, beta, norm.epsilon)
     return ops.cast(y, dtype)
 
 
@@ -131,7 +140,5 @@ def expand(pre_norm, conv, norm, x, training):
         scale, offset = batch_norm_affine(norm)
         kernel = kernel * scale
         bias = offset if bias is None else bias * scale + offset
-    x = flat_matmul(x, ops.cast(kernel, x.dtype))
-    if bias is not None:
-        x = x + ops.cast(bias, x.dtype)
+    x = matmul_bias(x, ops.cast(kernel, x.dtype), bias)
     return x if fold_norm else batch_norm(norm, x, training)

@@ -1,7 +1,8 @@
 """Kernel "depthwise": MBConv's 3x3 depthwise conv without the sublayer's call.
 
 Under XLA (JAX, TensorFlow) it runs as shifted sums with its own gradient;
-on PyTorch as a channels-first conv on a transposed view.
+on PyTorch as one channels-first conv on a transposed view that adds the
+folded BatchNorm's offset too (`torch_eager.depthwise_conv`).
 
 XLA's CPU depthwise convolution is slow, so the kernel is a sum of shifted,
 scaled copies of the input, which XLA fuses into one loop. Left to automatic
@@ -123,25 +124,6 @@ def _kernel_grad(x, upstream, kernel_shape, strides):
     return ops.reshape(grad, (size_h, size_w, channels, 1))
 
 
-def depthwise_conv_channels_first(x, kernel, strides: int):
-    """`ops.depthwise_conv(x, kernel, strides, padding="same")` of a `(B, H, W, C)`
-    map, run as a channels-first conv on a transposed view.
-
-    For PyTorch: Keras' channels-last conv there copies the map to NCHW and
-    then to channels-last memory again. The transposed view of a contiguous
-    NHWC map already is an NCHW tensor in channels-last memory, which the
-    CPU (oneDNN) kernels read in place; the output transposed back is a
-    contiguous NHWC map.
-    """
-    padding = "same"
-    if strides != 1:  # TensorFlow's padding may be uneven: done here, in NHWC
-        x, _, _ = _pad_same(x, kernel.shape, strides)
-        padding = "valid"
-    x = ops.transpose(x, (0, 3, 1, 2))
-    x = ops.depthwise_conv(x, kernel, strides, padding=padding, data_format="channels_first")
-    return ops.transpose(x, (0, 2, 3, 1))
-
-
 def depthwise_conv_same(x, kernel, strides: int):
     """Depthwise conv with TensorFlow "same" padding as a sum of shifted inputs.
 
@@ -172,16 +154,21 @@ def depthwise_conv_same(x, kernel, strides: int):
     return conv(x, kernel)
 
 
-def depthwise_conv(x, kernel, strides: int):
-    """`ops.depthwise_conv(x, kernel, strides, padding="same")` by this
-    backend's kernel: shifted sums (JAX, TensorFlow, static sizes) or the
-    channels-first view (PyTorch)."""
+def depthwise_conv(x, kernel, strides: int, bias=None):
+    """`ops.depthwise_conv(x, kernel, strides, padding="same")` (plus `bias`,
+    cast to `x`'s dtype) by this backend's kernel: shifted sums (JAX,
+    TensorFlow, static sizes) or one channels-first convolution that adds
+    the bias too (PyTorch, `torch_eager.depthwise_conv`)."""
     backend = keras.backend.backend()
     if backend == "torch":
-        return depthwise_conv_channels_first(x, kernel, strides)
+        from keras_maxvit.kernels import torch_eager
+
+        return torch_eager.depthwise_conv(x, kernel, strides, bias)
     if x.shape[1] is not None and x.shape[2] is not None:
-        return depthwise_conv_same(x, kernel, strides)
-    return ops.depthwise_conv(x, kernel, strides, padding="same")
+        x = depthwise_conv_same(x, kernel, strides)
+    else:
+        x = ops.depthwise_conv(x, kernel, strides, padding="same")
+    return x if bias is None else x + ops.cast(bias, x.dtype)
 
 
 def depthwise(layer, x):

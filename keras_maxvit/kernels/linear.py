@@ -8,25 +8,8 @@ from keras import ops
 from keras_maxvit.kernels.select import use_kernel
 
 # On PyTorch, maps of at least this many pixels (batch x height x width) are
-# projected by a 1x1 convolution on a channels-last view (oneDNN, faster than
-# MKL's matmul there); below it (batch-1 7x7 maps) the convolution's per-call
-# weight reordering costs more than it saves.
+# projected by a 1x1 convolution (`matmul_bias`).
 CONV_MIN_PIXELS = 256
-
-
-def pointwise_conv(x, kernel):
-    """`x @ kernel` for a `(B, H, W, C_in)` map as a 1x1 convolution.
-
-    The conv runs channels-first on a transposed view of the map (which is
-    channels-last memory to PyTorch, so nothing is copied), with the kernel
-    laid out as a contiguous `(C_out, C_in)` matrix, the layout the
-    convolution's weight reordering is fastest from.
-    """
-    c_in, c_out = kernel.shape
-    kernel = ops.reshape(ops.reshape(ops.transpose(kernel), (-1,)), (c_out, c_in))
-    kernel = ops.reshape(ops.transpose(kernel), (1, 1, c_in, c_out))
-    y = ops.conv(ops.transpose(x, (0, 3, 1, 2)), kernel, data_format="channels_first")
-    return ops.transpose(y, (0, 2, 3, 1))
 
 
 def flat_matmul(x, kernel):
@@ -37,13 +20,7 @@ def flat_matmul(x, kernel):
     contraction over three axes that it runs slower than the 2-D one.
     """
     if keras.backend.backend() == "torch":
-        sizes = x.shape[:-1]
-        # Plain ints only: a symbolic size (torch.export with a dynamic batch)
-        # would otherwise become a guard on the batch size.
-        known = len(sizes) == 3 and all(type(size) is int for size in sizes)
-        if known and sizes[0] * sizes[1] * sizes[2] >= CONV_MIN_PIXELS:
-            return pointwise_conv(x, kernel)
-        return ops.matmul(x, kernel)  # folded to 2-D by PyTorch itself, without copies
+        return matmul_bias(x, kernel)
     lead = x.shape[:-1]
     y = ops.matmul(ops.reshape(x, (-1, x.shape[-1])), kernel)
     if all(size is not None for size in lead[1:]):
@@ -51,6 +28,33 @@ def flat_matmul(x, kernel):
     dynamic = ops.shape(x)  # unknown spatial sizes (TensorFlow graphs)
     sizes = tuple(dynamic[i] if size is None else size for i, size in enumerate(lead))
     return ops.reshape(y, sizes + (kernel.shape[-1],))
+
+
+def _conv_sized(x) -> bool:
+    """Whether a PyTorch map is large enough for the 1x1-conv projection."""
+    sizes = x.shape[:-1]
+    # Plain ints only: a symbolic size (torch.export with a dynamic batch)
+    # would otherwise become a guard on the batch size.
+    known = len(sizes) == 3 and all(type(size) is int for size in sizes)
+    return known and sizes[0] * sizes[1] * sizes[2] >= CONV_MIN_PIXELS
+
+
+def matmul_bias(x, kernel, bias=None):
+    """`flat_matmul(x, kernel) + bias`, the bias (if any) cast to `x`'s dtype.
+
+    On PyTorch one call adds the bias too: a 1x1 convolution on a
+    channels-last view for maps of at least `CONV_MIN_PIXELS` pixels (oneDNN,
+    faster than MKL's matmul there; below it the convolution's per-call
+    weight reordering costs more than it saves), else one `addmm`.
+    """
+    if keras.backend.backend() == "torch":
+        from keras_maxvit.kernels import torch_eager
+
+        if _conv_sized(x):
+            return torch_eager.conv1x1(x, kernel, bias)
+        return torch_eager.linear(x, kernel, bias)
+    x = flat_matmul(x, kernel)
+    return x if bias is None else x + ops.cast(bias, x.dtype)
 
 
 def project(layer, x, columns: slice | None = None):
@@ -73,10 +77,7 @@ def project(layer, x, columns: slice | None = None):
     if columns is not None:
         kernel = kernel[:, columns]
         bias = None if bias is None else bias[columns]
-    x = flat_matmul(x, kernel)
-    if bias is not None:
-        x = x + ops.cast(bias, x.dtype)
-    return x
+    return matmul_bias(x, kernel, None if bias is None else ops.convert_to_tensor(bias))
 
 
 def linear(layer, x):

@@ -71,6 +71,14 @@ KERNELS = {
     # 3x3 depthwise conv as shifted sums (XLA) or on a channels-first view
     # (PyTorch): `depthwise.depthwise_conv`.
     "depthwise": Kernel(cpu_xla=("jax", "tensorflow"), cpu_eager=("torch",)),
+    # A "same" Conv2D (the stem's) as one channels-first conv with its bias,
+    # and MBConv's shortcut pooling on the channels-first view (PyTorch):
+    # `channels_first.same_conv` (in `layers.StemConv2D`), `.average_pool`.
+    "conv": Kernel(cpu_eager=("torch",), fast=("torch",)),
+    "pool": Kernel(cpu_eager=("torch",), fast=("torch",)),
+    # GELU written into the new map it follows, without autograd (PyTorch):
+    # `activation.gelu_tanh_of_new`.
+    "in_place_gelu": Kernel(cpu_eager=("torch",), fast=("torch",)),
     # q, k, v as three column projections each with one 6-D transpose (XLA),
     # or the fused projection with one 8-D transpose (PyTorch): `attention.py`.
     "qkv": Kernel(cpu_xla=("jax", "tensorflow"), cpu_eager=("torch",)),

@@ -5,6 +5,7 @@ from keras_maxvit.layers.attention import (
     RelativePositionAttention,
     relative_position_index,
 )
+from keras_maxvit.layers.conv import StemConv2D
 from keras_maxvit.layers.mbconv import MBConv
 from keras_maxvit.layers.partition import (
     block_partition,
@@ -19,6 +20,7 @@ __all__ = [
     "MBConv",
     "PartitionAttentionBlock",
     "RelativePositionAttention",
+    "StemConv2D",
     "StochasticDepth",
     "block_partition",
     "block_reverse",

@@ -3,12 +3,13 @@
 import keras
 from keras import ops
 
+from keras_maxvit.kernels.activation import gelu_tanh_of_new
 from keras_maxvit.kernels.batch_norm import batch_norm, batch_norm_affine, expand
 from keras_maxvit.kernels.batch_norm import uses_moving_statistics as moving
+from keras_maxvit.kernels.channels_first import average_pool
 from keras_maxvit.kernels.depthwise import depthwise, depthwise_conv
 from keras_maxvit.kernels.linear import linear
 from keras_maxvit.kernels.select import use_kernel
-from keras_maxvit.layers.activations import gelu_tanh
 from keras_maxvit.layers.remat import check_remat, remat_call
 from keras_maxvit.layers.stochastic_depth import StochasticDepth, check_rate, drop_path
 
@@ -184,12 +185,12 @@ class MBConv(keras.layers.Layer):
     def _forward(self, inputs, training):
         shortcut = inputs
         if self.shortcut_pool is not None:
-            shortcut = self.shortcut_pool(shortcut)
+            shortcut = average_pool(self.shortcut_pool, shortcut)
         if self.shortcut_expand is not None:
             shortcut = linear(self.shortcut_expand, shortcut)
 
-        x = gelu_tanh(self._expand(inputs, training))
-        x = gelu_tanh(self._depthwise(x, training))
+        x = gelu_tanh_of_new(self._expand(inputs, training))
+        x = gelu_tanh_of_new(self._depthwise(x, training))
 
         scale = ops.mean(x, axis=(1, 2), keepdims=True)
         scale = ops.silu(linear(self.se_fc1, scale))
@@ -213,7 +214,7 @@ class MBConv(keras.layers.Layer):
         if moving(norm, training) and use_kernel("fold_batch_norm", x, conv, norm):
             scale, offset = batch_norm_affine(norm)
             kernel = ops.cast(ops.cast(conv.kernel, "float32") * scale[:, None], x.dtype)
-            return depthwise_conv(x, kernel, self.strides) + ops.cast(offset, x.dtype)
+            return depthwise_conv(x, kernel, self.strides, bias=offset)
         return batch_norm(norm, depthwise(conv, x), training)
 
     def compute_output_shape(self, input_shape):

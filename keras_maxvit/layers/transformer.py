@@ -2,8 +2,8 @@
 
 import keras
 
+from keras_maxvit.kernels.activation import gelu_tanh_of_new
 from keras_maxvit.kernels.linear import linear
-from keras_maxvit.layers.activations import gelu_tanh
 from keras_maxvit.layers.attention import (
     RelativePositionAttention,
     check_partition_args,
@@ -105,7 +105,7 @@ class PartitionAttentionBlock(keras.layers.Layer):
     def _forward(self, inputs, training):
         attended = self.attn(self.norm1(inputs), training=training)
         x = inputs + drop_path(self.drop_path1, attended, training)
-        hidden = gelu_tanh(linear(self.mlp_fc1, self.norm2(x)))
+        hidden = gelu_tanh_of_new(linear(self.mlp_fc1, self.norm2(x)))
         return x + drop_path(self.drop_path2, linear(self.mlp_fc2, hidden), training)
 
     def compute_output_shape(self, input_shape):

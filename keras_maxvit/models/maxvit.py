@@ -12,7 +12,7 @@ import keras
 from keras import layers
 
 from keras_maxvit import weights as weights_lib
-from keras_maxvit.layers import MBConv, PartitionAttentionBlock, gelu_tanh
+from keras_maxvit.layers import MBConv, PartitionAttentionBlock, StemConv2D, gelu_tanh
 from keras_maxvit.layers.mbconv import check_synchronized
 from keras_maxvit.layers.partition import to_pair
 from keras_maxvit.layers.remat import check_remat
@@ -144,12 +144,12 @@ def maxvit_trunk(
     of the official weights; `dtype` (a policy or None for the global one)
     goes to every layer. The drop-path rate grows linearly over the blocks.
     """
-    x = layers.Conv2D(stem_filters, 3, strides=2, padding="same", dtype=dtype, name="stem_conv1")(x)
+    x = StemConv2D(stem_filters, 3, strides=2, padding="same", dtype=dtype, name="stem_conv1")(x)
     x = layers.BatchNormalization(
         epsilon=1e-3, synchronized=synchronized_batch_norm, dtype=dtype, name="stem_norm1"
     )(x)
     x = layers.Activation(gelu_tanh, dtype=dtype, name="stem_act1")(x)
-    x = layers.Conv2D(stem_filters, 3, padding="same", dtype=dtype, name="stem_conv2")(x)
+    x = StemConv2D(stem_filters, 3, padding="same", dtype=dtype, name="stem_conv2")(x)
     pyramid = {"P1": x}
     total_blocks = sum(depths)
     block_index = 0
