@@ -424,7 +424,7 @@ def test_flat_matmul_matches_numpy(shape, dtype):
 
 
 @pytest.mark.parametrize("strides", [1, 2])
-@pytest.mark.parametrize("size", [(8, 8), (7, 10), (8, 5)])
+@pytest.mark.parametrize("size", [(8, 8), (7, 10), (8, 5), (2, 4)])
 def test_depthwise_kernel_with_bias_equals_depthwise_conv(strides, size):
     # The "depthwise" kernel of this backend (PyTorch: one channels-first conv
     # that adds the bias; without gradient, uneven stride-2 padding as a

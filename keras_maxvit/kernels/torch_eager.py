@@ -47,17 +47,22 @@ def conv2d_same(x, weight, strides, bias=None, groups=1):
     padding (plus `bias`), channels-last out.
 
     `weight` is in PyTorch's layout, `(C_out, C_in / groups, k, k)`. Even
-    padding is the convolution's own; uneven padding (one more row or column
-    after, stride 2 on an even size) is, without gradient, a kernel with a
-    leading zero tap and the larger padding on both sides (the same windows,
-    no padded copy of the map); with gradient, a padded copy (the backward
-    of that wider kernel is slower than the copy).
+    padding is the convolution's own. Uneven padding (one more row or column
+    after, stride 2 on an even size) is a kernel with a leading zero tap and
+    the larger padding on both sides: the same windows, without a padded
+    copy of the map. With autograd that runs as `_PadAfterConv` (3x3,
+    stride 2, one row and column after: MBConv's downsampling), else on a
+    padded copy.
     """
     strides = (strides, strides) if isinstance(strides, int) else tuple(strides)
     pads = [same_padding(x.shape[1 + i], weight.shape[2 + i], strides[i])[0] for i in (0, 1)]
     needs_grad = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)
     if all(before == after for before, after in pads):
         padding = (pads[0][0], pads[1][0])
+    elif needs_grad and _pad_after_applies(x, weight, strides, pads):
+        bias = None if bias is None else bias.to(x.dtype)
+        y = _PadAfterConv.apply(x.permute(0, 3, 1, 2), weight.to(x.dtype), bias, groups)
+        return y.permute(0, 2, 3, 1)
     elif not needs_grad and all(after - before in (0, 1) for before, after in pads):
         weight = F.pad(weight, (pads[1][1] - pads[1][0], 0, pads[0][1] - pads[0][0], 0))
         padding = (pads[0][1], pads[1][1])
@@ -75,6 +80,78 @@ def conv2d_same(x, weight, strides, bias=None, groups=1):
         groups=groups,
     )
     return y.permute(0, 2, 3, 1)
+
+
+def _pad_after_applies(x, weight, strides, pads) -> bool:
+    """Whether `_PadAfterConv` computes this conv: 3x3, stride 2, one row and
+    column of padding after, maps of at least 4x4 (its weight gradient takes
+    windows inside the map)."""
+    three = tuple(weight.shape[2:]) == (3, 3)
+    large = x.shape[1] >= 4 and x.shape[2] >= 4
+    return three and large and strides == (2, 2) and pads == [(0, 1), (0, 1)]
+
+
+class _PadAfterConv(torch.autograd.Function):
+    """A 3x3, stride-2 conv of the NCHW view `x` (even height and width)
+    with one zero row and column after, without a padded copy of `x`.
+
+    Forward and input gradient use the 4x4 kernel with a leading zero tap
+    and padding 1. oneDNN's weight gradient of that kernel is several times
+    slower than the 3x3 one, and the 3x3 one wants the padded map; so the
+    weight gradient is the 3x3 one over the windows inside `x` (all but the
+    last output row and column) plus the last output row and column, each
+    from a padded copy of the two rows or columns they read.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, groups):
+        wide = F.pad(weight, (1, 0, 1, 0)).contiguous()
+        ctx.save_for_backward(x, weight, wide)
+        ctx.groups, ctx.has_bias = groups, bias is not None
+        return F.conv2d(x, wide, bias, stride=2, padding=1, groups=groups)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight, wide = ctx.saved_tensors
+        groups = ctx.groups
+
+        def conv_backward(grad, x, weight, padding, mask):
+            return torch.ops.aten.convolution_backward(
+                grad,
+                x,
+                weight,
+                None,
+                (2, 2),
+                (padding, padding),
+                (1, 1),
+                False,
+                (0, 0),
+                groups,
+                mask,
+            )
+
+        grad_x = grad_w = grad_b = None
+        if ctx.needs_input_grad[0]:
+            grad_x = conv_backward(grad, x, wide, 1, [True, False, False])[0]
+        if ctx.needs_input_grad[1]:
+            height, width = x.shape[2], x.shape[3]
+            rows, cols = grad.shape[2] - 1, grad.shape[3] - 1
+            grad_w = conv_backward(grad[:, :, :rows, :cols], x, weight, 0, [False, True, False])[1]
+            last_rows = F.pad(x[:, :, height - 2 :, :], (0, 1, 0, 1))  # (N, C, 3, W + 1)
+            grad_w = (
+                grad_w
+                + conv_backward(grad[:, :, rows:, :], last_rows, weight, 0, [False, True, False])[1]
+            )
+            last_cols = F.pad(x[:, :, : height - 1, width - 2 :], (0, 1))  # (N, C, H - 1, 3)
+            grad_w = (
+                grad_w
+                + conv_backward(
+                    grad[:, :, :rows, cols:], last_cols, weight, 0, [False, True, False]
+                )[1]
+            )
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_b = grad.sum((0, 2, 3))
+        return grad_x, grad_w, grad_b, None
 
 
 def depthwise_conv(x, kernel, strides, bias=None):
