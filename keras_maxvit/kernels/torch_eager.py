@@ -1,7 +1,7 @@
 """PyTorch forms of the kernels, for eager PyTorch on CPU.
 
-The backend-specific helper of `linear.py`, `depthwise.py` and
-`batch_norm.py` (imported only on the PyTorch backend). Each function is one
+The backend-specific helper of `linear.py`, `depthwise.py`, `batch_norm.py`,
+`channels_first.py` and `activation.py` (imported only on the PyTorch backend). Each function is one
 `torch.nn.functional` call where `keras.ops` would make several passes over
 the map, every pass into a fresh buffer (on CPU, the page faults of a fresh
 buffer of a stage-1 map cost more than the arithmetic):
@@ -9,9 +9,11 @@ buffer of a stage-1 map cost more than the arithmetic):
 - the bias of a projection or of a folded BatchNorm is added by the
   convolution itself, not by a separate add;
 - a stride-2 depthwise convolution with TensorFlow's uneven "same" padding
-  runs without a padded copy of its input when no gradient is needed;
+  runs without a padded copy of its input (`conv2d_same`);
 - a training BatchNorm normalizes by `F.batch_norm` on a `(pixels, channels)`
-  view, one pass with its native backward.
+  view, one pass with its native backward;
+- the stem's convolutions are one channels-first conv (`conv`), and GELU
+  without autograd overwrites its input (`gelu_tanh_`).
 
 Maps are channels-last `(B, H, W, C)`; their channels-first views are
 channels-last memory to PyTorch, which oneDNN reads in place, so no layout
@@ -57,11 +59,12 @@ def conv2d_same(x, weight, strides, bias=None, groups=1):
     strides = (strides, strides) if isinstance(strides, int) else tuple(strides)
     pads = [same_padding(x.shape[1 + i], weight.shape[2 + i], strides[i])[0] for i in (0, 1)]
     needs_grad = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)
+    weight = weight.to(x.dtype)
+    bias = None if bias is None else bias.to(x.dtype)
     if all(before == after for before, after in pads):
         padding = (pads[0][0], pads[1][0])
     elif needs_grad and _pad_after_applies(x, weight, strides, pads):
-        bias = None if bias is None else bias.to(x.dtype)
-        y = _PadAfterConv.apply(x.permute(0, 3, 1, 2), weight.to(x.dtype), bias, groups)
+        y = _PadAfterConv.apply(x.permute(0, 3, 1, 2), weight, bias, groups)
         return y.permute(0, 2, 3, 1)
     elif not needs_grad and all(after - before in (0, 1) for before, after in pads):
         weight = F.pad(weight, (pads[1][1] - pads[1][0], 0, pads[0][1] - pads[0][0], 0))
@@ -69,11 +72,9 @@ def conv2d_same(x, weight, strides, bias=None, groups=1):
     else:
         x = F.pad(x, (0, 0, *pads[1], *pads[0]))
         padding = (0, 0)
-    if bias is not None:
-        bias = bias.to(x.dtype)
     y = F.conv2d(
         x.permute(0, 3, 1, 2),
-        weight.to(x.dtype).contiguous(),
+        weight.contiguous(),
         bias,
         stride=strides,
         padding=padding,
