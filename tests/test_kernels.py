@@ -22,7 +22,12 @@ BACKEND = keras.backend.backend()
 
 
 @pytest.fixture(autouse=True)
-def _restore_mode():
+def _restore_mode(monkeypatch):
+    if BACKEND == "torch":  # the chunked GELU on these small maps, over several chunks
+        from keras_maxvit.kernels import torch_eager
+
+        monkeypatch.setattr(torch_eager, "GELU_MIN_SIZE", 0)
+        monkeypatch.setattr(torch_eager, "GELU_CHUNK", 1000)
     yield
     keras_maxvit.set_kernels(None)
 
@@ -238,6 +243,34 @@ def test_predict_fast_equals_reference_without_autograd(shape):
     assert sorted(got) == sorted(want)
     for key in want:
         assert_relative(got[key], want[key], 2e-5, key)
+
+
+@pytest.mark.skipif(BACKEND != "torch", reason="the chunked GELU is PyTorch's")
+@pytest.mark.parametrize("size", [999, 3500])  # one partial chunk; three and a half
+def test_chunked_gelu_matches_numpy(size):
+    import torch
+
+    from keras_maxvit.kernels import torch_eager
+
+    rng = np.random.default_rng(4)
+    x = rng.normal(scale=3.0, size=(size,))
+    upstream = rng.normal(size=(size,))
+    c = np.sqrt(2.0 / np.pi)
+    tanh = np.tanh(c * (x + 0.044715 * x**3))
+    want = 0.5 * x * (1.0 + tanh)
+    want_grad = upstream * (
+        0.5 * (1.0 + tanh) + 0.5 * x * (1.0 - tanh**2) * c * (1.0 + 3 * 0.044715 * x**2)
+    )
+    xt = torch.tensor(x, dtype=torch.float32, requires_grad=True)
+    y = torch_eager.gelu_tanh(xt)
+    assert type(y.grad_fn).__name__ == "_GeluTanhBackward"  # not ATen's GELU
+    y.backward(torch.tensor(upstream, dtype=torch.float32))
+    assert_relative(y.detach().numpy(), want, 1e-6, "output")
+    assert_relative(xt.grad.numpy(), want_grad, 1e-6, "input gradient")
+    with torch.no_grad():
+        buffer = torch.tensor(x, dtype=torch.float32)
+        assert torch_eager.gelu_tanh_(buffer) is buffer
+    assert_relative(buffer.numpy(), want, 1e-6, "in-place output")
 
 
 @pytest.mark.skipif(BACKEND != "torch", reason="the stem's kernel is PyTorch's")

@@ -1,9 +1,12 @@
-"""Kernel "in_place_gelu": GELU into the buffer of a new map (PyTorch, no autograd).
+"""Kernel "gelu": GELU as `x * sigmoid(v)` in cache-sized chunks (PyTorch).
 
-A layer's GELU follows a projection or a norm whose output nothing else
-holds. Without autograd (inference: `predict`, `torch.no_grad`) eager
-PyTorch can overwrite that buffer instead of writing a fresh one; with
-autograd the backward needs GELU's input, so the plain call runs.
+ATen's tanh GELU evaluates `tanh`, which costs twice `sigmoid` on CPUs
+without AVX-512; the same function written with `sigmoid` runs as a few
+passes over each chunk of the map while the chunk is in cache, with its own
+backward (`torch_eager.gelu_tanh`). A layer's GELU follows a projection or a
+norm whose output nothing else holds: without autograd (inference:
+`predict`, `torch.no_grad`) it overwrites that buffer instead of writing a
+fresh one (`torch_eager.gelu_tanh_`).
 """
 
 import keras
@@ -14,11 +17,12 @@ from keras_maxvit.layers.activations import gelu_tanh
 
 def gelu_tanh_of_new(x):
     """`gelu_tanh(x)` for a tensor `x` the caller has just made and holds alone."""
-    if keras.backend.backend() == "torch" and use_kernel("in_place_gelu", x):
+    if keras.backend.backend() == "torch" and use_kernel("gelu", x):
         import torch
 
-        if not torch.is_grad_enabled():
-            from keras_maxvit.kernels import torch_eager
+        from keras_maxvit.kernels import torch_eager
 
-            return torch_eager.gelu_tanh_(x)
+        if torch.is_grad_enabled():
+            return torch_eager.gelu_tanh(x)
+        return torch_eager.gelu_tanh_(x)
     return gelu_tanh(x)

@@ -76,9 +76,9 @@ KERNELS = {
     # `channels_first.same_conv` (in `layers.StemConv2D`), `.average_pool`.
     "conv": Kernel(cpu_eager=("torch",), fast=("torch",)),
     "pool": Kernel(cpu_eager=("torch",), fast=("torch",)),
-    # GELU written into the new map it follows, without autograd (PyTorch):
-    # `activation.gelu_tanh_of_new`.
-    "in_place_gelu": Kernel(cpu_eager=("torch",), fast=("torch",)),
+    # GELU as x * sigmoid(v) in cache-sized chunks, with its own backward, in
+    # place without autograd (PyTorch): `activation.gelu_tanh_of_new`.
+    "gelu": Kernel(cpu_eager=("torch",), fast=("torch",)),
     # q, k, v as three column projections each with one 6-D transpose (XLA),
     # or the fused projection with one 8-D transpose (PyTorch): `attention.py`.
     "qkv": Kernel(cpu_xla=("jax", "tensorflow"), cpu_eager=("torch",)),

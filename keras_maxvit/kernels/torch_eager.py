@@ -12,16 +12,20 @@ buffer of a stage-1 map cost more than the arithmetic):
   runs without a padded copy of its input (`conv2d_same`);
 - a training BatchNorm normalizes by `F.batch_norm` on a `(pixels, channels)`
   view, one pass with its native backward;
-- the stem's convolutions are one channels-first conv (`conv`), and GELU
-  without autograd overwrites its input (`gelu_tanh_`).
+- the stem's convolutions are one channels-first conv (`conv`);
+- GELU is `x * sigmoid(v)` over cache-sized chunks, with its own backward
+  (`gelu_tanh`), and without autograd overwrites its input (`gelu_tanh_`).
 
 Maps are channels-last `(B, H, W, C)`; their channels-first views are
 channels-last memory to PyTorch, which oneDNN reads in place, so no layout
 copy is made either way.
 """
 
+import math
+
 import torch
 import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
 
 from keras_maxvit.kernels.depthwise import same_padding
 
@@ -186,6 +190,86 @@ def batch_norm_train(x, gamma, beta, epsilon):
     return y.reshape(x.shape), mean, variance * ((count - 1) / count)
 
 
+# GELU (tanh approximation) as x * sigmoid(_K1 * x + _K3 * x**3): the same
+# function as 0.5 * x * (1 + tanh(sqrt(2 / pi) * (x + 0.044715 * x**3))).
+_K1 = 2.0 * math.sqrt(2.0 / math.pi)
+_K3 = _K1 * 0.044715
+# Elements per chunk: a chunk and its temporaries stay in the CPU's cache, so
+# the passes over a chunk after the first one do not go to memory.
+GELU_CHUNK = 1 << 18
+# Smaller maps run ATen's GELU (fewer calls: the chunked form's calls cost more there).
+GELU_MIN_SIZE = 1 << 17
+
+
+def _chunks(*tensors):
+    """Matching flat chunks of same-shaped contiguous tensors."""
+    flat = [t.view(-1) for t in tensors]
+    size = flat[0].numel()
+    for start in range(0, size, GELU_CHUNK):
+        yield [f[start : start + GELU_CHUNK] for f in flat]
+
+
+def _gelu_into(x, out):
+    """`out = gelu_tanh(x)` chunk by chunk (`out` may be `x`): one pass of
+    `addcmul`, `mul`, `sigmoid`, `mul` per chunk, where ATen's tanh GELU
+    evaluates `tanh` (slower than `sigmoid` on CPUs without AVX-512)."""
+    k1 = torch.tensor(_K1, dtype=x.dtype)
+    buffer = torch.empty(min(GELU_CHUNK, x.numel()), dtype=x.dtype, device=x.device)
+    for source, target in _chunks(x, out):
+        s = buffer[: source.numel()]
+        torch.addcmul(k1, source, source, value=_K3, out=s)
+        s.mul_(source).sigmoid_()
+        torch.mul(source, s, out=target)
+    return out
+
+
+def _gelu_grad(grad, x):
+    """The input gradient of `gelu_tanh` at `x`, chunk by chunk:
+    `grad * s * (1 + x * v' * (1 - s))`, `s = sigmoid(v)`, `v = K1 x + K3 x**3`."""
+    grad = grad.contiguous()
+    out = torch.empty_like(x)
+    k1 = torch.tensor(_K1, dtype=x.dtype)
+    buffers = torch.empty((2, min(GELU_CHUNK, x.numel())), dtype=x.dtype, device=x.device)
+    for source, upstream, target in _chunks(x, grad, out):
+        s, d = buffers[0, : source.numel()], buffers[1, : source.numel()]
+        torch.addcmul(k1, source, source, value=_K3, out=s)
+        s.mul_(source).sigmoid_()
+        torch.addcmul(k1, source, source, value=3.0 * _K3, out=d)
+        d.mul_(source)  # x * v'
+        d.addcmul_(d, s, value=-1.0).add_(1.0).mul_(s)
+        torch.mul(d, upstream, out=target)
+    return out
+
+
+class _GeluTanh(torch.autograd.Function):
+    """`gelu_tanh` with the chunked forward and backward (saves only `x`, as ATen's)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return _gelu_into(x, torch.empty_like(x))
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        return _gelu_grad(grad, x)
+
+
+def _chunked_gelu_applies(x) -> bool:
+    float32_cpu = x.dtype == torch.float32 and x.device.type == "cpu"
+    return float32_cpu and x.is_contiguous() and x.numel() >= GELU_MIN_SIZE
+
+
+def gelu_tanh(x):
+    """GELU (tanh approximation) of `x`, with autograd."""
+    if _chunked_gelu_applies(x):
+        return _GeluTanh.apply(x)
+    return F.gelu(x, approximate="tanh")
+
+
 def gelu_tanh_(x):
-    """GELU (tanh approximation) of `x` written into `x` itself."""
+    """GELU (tanh approximation) of `x` written into `x` itself (no autograd)."""
+    if _chunked_gelu_applies(x):
+        return _gelu_into(x, x)
     return torch.ops.aten.gelu_(x, approximate="tanh")
