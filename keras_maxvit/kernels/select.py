@@ -56,8 +56,8 @@ class Kernel:
 
 
 # Each entry was measured faster than the sublayer calls in exactly these
-# settings, on a 2-core AVX-512 CPU (see README "Performance"); anywhere else
-# the reference path runs.
+# settings, on 2-core CPUs (AVX-512 Xeon; the GELU kernel on an AVX2 EPYC; see
+# README "Performance"); anywhere else the reference path runs.
 KERNELS = {
     # Per-pixel projections (1x1 convs, Dense) as 2-D matmuls (XLA) or a 1x1
     # conv on a channels-last view (PyTorch): `linear.project`.
