@@ -22,14 +22,19 @@ BACKEND = keras.backend.backend()
 
 
 @pytest.fixture(autouse=True)
-def _restore_mode(monkeypatch):
-    if BACKEND == "torch":  # the chunked GELU on these small maps, over several chunks
+def _restore_mode():
+    yield
+    keras_maxvit.set_kernels(None)
+
+
+@pytest.fixture(autouse=True)
+def _chunked_gelu_on_small_maps(monkeypatch):
+    """The chunked GELU on these tests' small maps, over several chunks."""
+    if BACKEND == "torch":
         from keras_maxvit.kernels import torch_eager
 
         monkeypatch.setattr(torch_eager, "GELU_MIN_SIZE", 0)
         monkeypatch.setattr(torch_eager, "GELU_CHUNK", 1000)
-    yield
-    keras_maxvit.set_kernels(None)
 
 
 def perturb(model, seed=0):
@@ -262,14 +267,14 @@ def test_chunked_gelu_matches_numpy(size):
         0.5 * (1.0 + tanh) + 0.5 * x * (1.0 - tanh**2) * c * (1.0 + 3 * 0.044715 * x**2)
     )
     xt = torch.tensor(x, dtype=torch.float32, requires_grad=True)
-    y = torch_eager.gelu_tanh(xt)
+    y = torch_eager.gelu_tanh(xt, chunked=True)
     assert type(y.grad_fn).__name__ == "_GeluTanhBackward"  # not ATen's GELU
     y.backward(torch.tensor(upstream, dtype=torch.float32))
     assert_relative(y.detach().numpy(), want, 1e-6, "output")
     assert_relative(xt.grad.numpy(), want_grad, 1e-6, "input gradient")
     with torch.no_grad():
         buffer = torch.tensor(x, dtype=torch.float32)
-        assert torch_eager.gelu_tanh_(buffer) is buffer
+        assert torch_eager.gelu_tanh(buffer, in_place=True, chunked=True) is buffer
     assert_relative(buffer.numpy(), want, 1e-6, "in-place output")
 
 
@@ -410,6 +415,10 @@ def test_auto_takes_cpu_kernels_only_where_measured(monkeypatch):
     monkeypatch.delenv(select.ENV_VAR, raising=False)
     x32 = keras.ops.ones((2, 8))
     x16 = keras.ops.ones((2, 8), dtype="bfloat16")
+    if BACKEND == "torch":  # where `chunked_gelu` was measured
+        import torch
+
+        monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
     for name, kernel in select.KERNELS.items():
         with kernels.compiled_scope(True):
             compiled = select.use_kernel(name, x32)
@@ -420,6 +429,13 @@ def test_auto_takes_cpu_kernels_only_where_measured(monkeypatch):
             assert compiled == (BACKEND in kernel.cpu_xla), name
         assert eager == (BACKEND in kernel.cpu_eager), name
         assert not half, name  # measured in float32 only
+    if BACKEND == "torch":  # not measured with AVX-512: only "fast" takes it there
+        monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
+        assert not select.use_kernel("chunked_gelu", x32)
+        assert select.use_kernel("in_place_gelu", x32)
+        keras_maxvit.set_kernels("fast")
+        assert select.use_kernel("chunked_gelu", x32)
+        keras_maxvit.set_kernels(None)
     with monkeypatch.context() as patch:  # on a GPU: only fused attention
         patch.setattr(select, "device_platform", lambda x: "gpu")
         assert not select.use_kernel("depthwise", x32)

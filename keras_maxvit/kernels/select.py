@@ -46,6 +46,9 @@ class Kernel:
         fast: Backends that have an implementation at all (`"fast"` mode).
         gpu_half: Backends where it runs on a CUDA GPU in float16/bfloat16.
         gpu_any: Backends where it runs on a CUDA GPU in any dtype.
+        torch_cpu_capability: PyTorch CPU capabilities
+            (`torch.backends.cpu.get_cpu_capability()`) its `cpu_eager`
+            PyTorch entry is limited to; empty: any.
     """
 
     cpu_xla: tuple[str, ...] = ()
@@ -53,10 +56,11 @@ class Kernel:
     fast: tuple[str, ...] = ("jax", "tensorflow", "torch")
     gpu_half: tuple[str, ...] = ()
     gpu_any: tuple[str, ...] = ()
+    torch_cpu_capability: tuple[str, ...] = ()
 
 
 # Each entry was measured faster than the sublayer calls in exactly these
-# settings, on 2-core CPUs (AVX-512 Xeon; the GELU kernel on an AVX2 EPYC; see
+# settings, on a 2-core AVX-512 CPU, `chunked_gelu` on a 2-core AVX2 one (see
 # README "Performance"); anywhere else the reference path runs.
 KERNELS = {
     # Per-pixel projections (1x1 convs, Dense) as 2-D matmuls (XLA) or a 1x1
@@ -76,9 +80,12 @@ KERNELS = {
     # `channels_first.same_conv` (in `layers.StemConv2D`), `.average_pool`.
     "conv": Kernel(cpu_eager=("torch",), fast=("torch",)),
     "pool": Kernel(cpu_eager=("torch",), fast=("torch",)),
-    # GELU as x * sigmoid(v) in cache-sized chunks, with its own backward, in
-    # place without autograd (PyTorch): `activation.gelu_tanh_of_new`.
-    "gelu": Kernel(cpu_eager=("torch",), fast=("torch",)),
+    # GELU written into the new map it follows, without autograd (PyTorch):
+    # `activation.gelu_tanh_of_new`.
+    "in_place_gelu": Kernel(cpu_eager=("torch",), fast=("torch",)),
+    # GELU as x * sigmoid(v) over cache-sized chunks, with its own backward
+    # (PyTorch; measured on AVX2 only): `activation.gelu_tanh_of_new`.
+    "chunked_gelu": Kernel(cpu_eager=("torch",), fast=("torch",), torch_cpu_capability=("AVX2",)),
     # q, k, v as three column projections each with one 6-D transpose (XLA),
     # or the fused projection with one 8-D transpose (PyTorch): `attention.py`.
     "qkv": Kernel(cpu_xla=("jax", "tensorflow"), cpu_eager=("torch",)),
@@ -245,4 +252,9 @@ def use_kernel(name: str, x, *layers) -> bool:
         return False
     if is_compiled(x):
         return backend in kernel.cpu_xla
+    if backend == "torch" and kernel.torch_cpu_capability:
+        import torch
+
+        if torch.backends.cpu.get_cpu_capability() not in kernel.torch_cpu_capability:
+            return False
     return backend in kernel.cpu_eager

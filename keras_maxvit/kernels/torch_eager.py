@@ -13,8 +13,8 @@ buffer of a stage-1 map cost more than the arithmetic):
 - a training BatchNorm normalizes by `F.batch_norm` on a `(pixels, channels)`
   view, one pass with its native backward;
 - the stem's convolutions are one channels-first conv (`conv`);
-- GELU is `x * sigmoid(v)` over cache-sized chunks, with its own backward
-  (`gelu_tanh`), and without autograd overwrites its input (`gelu_tanh_`).
+- GELU without autograd overwrites its input, and can run as
+  `x * sigmoid(v)` over cache-sized chunks with its own backward (`gelu_tanh`).
 
 Maps are channels-last `(B, H, W, C)`; their channels-first views are
 channels-last memory to PyTorch, which oneDNN reads in place, so no layout
@@ -194,6 +194,7 @@ def batch_norm_train(x, gamma, beta, epsilon):
 # function as 0.5 * x * (1 + tanh(sqrt(2 / pi) * (x + 0.044715 * x**3))).
 _K1 = 2.0 * math.sqrt(2.0 / math.pi)
 _K3 = _K1 * 0.044715
+_K1_TENSOR = torch.tensor(_K1)  # addcmul's float32 CPU "input" (the chunked form's only dtype)
 # Elements per chunk: a chunk and its temporaries stay in the CPU's cache, so
 # the passes over a chunk after the first one do not go to memory.
 GELU_CHUNK = 1 << 18
@@ -209,16 +210,17 @@ def _chunks(*tensors):
         yield [f[start : start + GELU_CHUNK] for f in flat]
 
 
+def _sigmoid_v(x, out):
+    """`out = sigmoid(_K1 * x + _K3 * x**3)` for a chunk `x`."""
+    torch.addcmul(_K1_TENSOR, x, x, value=_K3, out=out)
+    return out.mul_(x).sigmoid_()
+
+
 def _gelu_into(x, out):
-    """`out = gelu_tanh(x)` chunk by chunk (`out` may be `x`): one pass of
-    `addcmul`, `mul`, `sigmoid`, `mul` per chunk, where ATen's tanh GELU
-    evaluates `tanh` (slower than `sigmoid` on CPUs without AVX-512)."""
-    k1 = torch.tensor(_K1, dtype=x.dtype)
-    buffer = torch.empty(min(GELU_CHUNK, x.numel()), dtype=x.dtype, device=x.device)
+    """`out = gelu_tanh(x)` chunk by chunk (`out` may be `x`)."""
+    buffer = torch.empty(min(GELU_CHUNK, x.numel()), dtype=x.dtype)
     for source, target in _chunks(x, out):
-        s = buffer[: source.numel()]
-        torch.addcmul(k1, source, source, value=_K3, out=s)
-        s.mul_(source).sigmoid_()
+        s = _sigmoid_v(source, buffer[: source.numel()])
         torch.mul(source, s, out=target)
     return out
 
@@ -228,13 +230,11 @@ def _gelu_grad(grad, x):
     `grad * s * (1 + x * v' * (1 - s))`, `s = sigmoid(v)`, `v = K1 x + K3 x**3`."""
     grad = grad.contiguous()
     out = torch.empty_like(x)
-    k1 = torch.tensor(_K1, dtype=x.dtype)
-    buffers = torch.empty((2, min(GELU_CHUNK, x.numel())), dtype=x.dtype, device=x.device)
+    buffers = torch.empty((2, min(GELU_CHUNK, x.numel())), dtype=x.dtype)
     for source, upstream, target in _chunks(x, grad, out):
-        s, d = buffers[0, : source.numel()], buffers[1, : source.numel()]
-        torch.addcmul(k1, source, source, value=_K3, out=s)
-        s.mul_(source).sigmoid_()
-        torch.addcmul(k1, source, source, value=3.0 * _K3, out=d)
+        s = _sigmoid_v(source, buffers[0, : source.numel()])
+        d = buffers[1, : source.numel()]
+        torch.addcmul(_K1_TENSOR, source, source, value=3.0 * _K3, out=d)
         d.mul_(source)  # x * v'
         d.addcmul_(d, s, value=-1.0).add_(1.0).mul_(s)
         torch.mul(d, upstream, out=target)
@@ -256,20 +256,14 @@ class _GeluTanh(torch.autograd.Function):
         return _gelu_grad(grad, x)
 
 
-def _chunked_gelu_applies(x) -> bool:
+def gelu_tanh(x, in_place=False, chunked=False):
+    """GELU (tanh approximation) of `x`: written into `x` itself if `in_place`
+    (no autograd), by `_GeluTanh`'s chunks if `chunked` (float32 CPU
+    contiguous maps of at least `GELU_MIN_SIZE` values; ATen's GELU otherwise)."""
     float32_cpu = x.dtype == torch.float32 and x.device.type == "cpu"
-    return float32_cpu and x.is_contiguous() and x.numel() >= GELU_MIN_SIZE
-
-
-def gelu_tanh(x):
-    """GELU (tanh approximation) of `x`, with autograd."""
-    if _chunked_gelu_applies(x):
-        return _GeluTanh.apply(x)
+    chunked = chunked and float32_cpu and x.is_contiguous() and x.numel() >= GELU_MIN_SIZE
+    if chunked:
+        return _gelu_into(x, x) if in_place else _GeluTanh.apply(x)
+    if in_place:
+        return torch.ops.aten.gelu_(x, approximate="tanh")
     return F.gelu(x, approximate="tanh")
-
-
-def gelu_tanh_(x):
-    """GELU (tanh approximation) of `x` written into `x` itself (no autograd)."""
-    if _chunked_gelu_applies(x):
-        return _gelu_into(x, x)
-    return torch.ops.aten.gelu_(x, approximate="tanh")
