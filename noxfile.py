@@ -17,9 +17,22 @@ BACKENDS = ["tensorflow", "jax", "torch"]
 # and one process for the whole suite grew past 24 GiB under TensorFlow (a
 # quarter of it peaks at 12 GiB; JAX's at 8 GiB, PyTorch's at 3 GiB).
 TEST_PROCESSES = {"tensorflow": 4, "jax": 4, "torch": 1}
+# Each of those runs its files in 2 pytest-xdist workers (a whole file to a
+# worker, so module fixtures are made once), each on one thread: most of a
+# test's time is single-threaded Python (tracing, building, saving), so two
+# one-thread workers keep both cores busy where one two-thread process kept
+# one (TensorFlow's suite: 40 min against 52 on the same 2 cores).
+WORKERS = 2
+ONE_THREAD = {
+    "OMP_NUM_THREADS": "1",
+    "MKL_NUM_THREADS": "1",
+    "TF_NUM_INTRAOP_THREADS": "1",
+    "TF_NUM_INTEROP_THREADS": "1",
+    "XLA_FLAGS": "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1",
+}
 
 
-def _pytest(session: nox.Session, backend: str, *args: str) -> None:
+def _pytest(session: nox.Session, backend: str, *args: str, env=None) -> None:
     session.run(
         sys.executable,
         "-m",
@@ -28,7 +41,7 @@ def _pytest(session: nox.Session, backend: str, *args: str) -> None:
         "no:cacheprovider",
         *args,
         *session.posargs,
-        env={"KERAS_BACKEND": backend},
+        env={"KERAS_BACKEND": backend, **(env or {})},
     )
 
 
@@ -41,8 +54,9 @@ def tests(session: nox.Session, backend: str) -> None:
         return
     files = sorted(str(path) for path in Path("tests").glob("test_*.py"))
     processes = TEST_PROCESSES[backend]
+    workers = ["-n", str(WORKERS), "--dist", "loadfile"]
     for part in range(processes):
-        _pytest(session, backend, *files[part::processes])
+        _pytest(session, backend, *workers, *files[part::processes], env=ONE_THREAD)
 
 
 @nox.session(venv_backend="none")

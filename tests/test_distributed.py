@@ -132,6 +132,13 @@ def _weights(output_dir):
     return {w.path: keras.ops.convert_to_numpy(w) for w in model.weights}
 
 
+# In the default suite on PyTorch; `nox -s slow` on TensorFlow and JAX, whose
+# three processes build and compile for minutes on 2 cores (the in-process
+# data-parallel fits of test_training.py run on every backend).
+_SLOW_OFF_TORCH = pytest.mark.slow if BACKEND != "torch" else (lambda test: test)
+
+
+@_SLOW_OFF_TORCH
 def test_two_processes_equal_one(image_folder, tmp_path):
     single, double = tmp_path / "single", tmp_path / "double"
     _wait([_launch(FIT, _arguments(image_folder, single), _environment())])
@@ -148,10 +155,6 @@ def test_two_processes_equal_one(image_folder, tmp_path):
 
 
 README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
-
-
-# In the default suite on PyTorch; `nox -s slow` on TensorFlow and JAX.
-_SLOW_OFF_TORCH = pytest.mark.slow if BACKEND != "torch" else (lambda test: test)
 
 
 @_SLOW_OFF_TORCH

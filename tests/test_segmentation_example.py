@@ -44,6 +44,7 @@ def test_mean_iou_against_a_hand_computed_case(segmentation):
     assert baseline == pytest.approx((4 / 8 + 0 + 0) / 3)
 
 
+@pytest.mark.slow  # minutes on 2 cores, like the keras-hub examples' runs
 @default_backend_only
 def test_short_training_run_beats_the_all_background_baseline(segmentation, tmp_path, capsys):
     """A shortened run of the example (seconds of training): real, and able to fail."""

@@ -307,7 +307,12 @@ def test_synchronized_batch_norm_reaches_every_norm_and_skips_the_kernel(tmp_pat
         assert len(calls) == 3  # ...but never a synchronized one
 
 
-@pytest.mark.parametrize("jit_compile", [False, True])
+# TensorFlow's XLA compile of both models takes minutes on 2 cores: in
+# `nox -s slow` there; JAX runs remat under XLA in the default suite.
+_XLA_SLOW_ON_TF = [pytest.mark.slow] if keras.backend.backend() == "tensorflow" else []
+
+
+@pytest.mark.parametrize("jit_compile", [False, pytest.param(True, marks=_XLA_SLOW_ON_TF)])
 def test_remat_gives_the_same_updates(jit_compile, monkeypatch):
     """One SGD(1.0) step with and without remat: the same gradients (the weight
     change), the same BatchNorm statistics and the same drop-path masks."""
