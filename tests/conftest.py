@@ -5,6 +5,8 @@
 import timm  # noqa: F401  isort: skip
 import torch  # noqa: F401  isort: skip
 
+import os
+
 import keras
 import numpy as np
 import pytest
@@ -17,6 +19,14 @@ SMALL_CONFIG = {
     "depths": (1, 2, 1, 1),
     "head_hidden_size": 48,
 }
+
+
+def host_devices_env(count: int, **variables) -> dict:
+    """The environment for a child process with `count` XLA host (CPU)
+    devices: this process's own `XLA_FLAGS` (e.g. nox's one-thread flag) kept,
+    the device count appended (it must be set before JAX is imported)."""
+    flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={count}"
+    return dict(os.environ, **variables, XLA_FLAGS=flags.strip())
 
 
 def to_numpy(x):

@@ -9,7 +9,6 @@ sharded kernel (and its optimizer slot) holding half its bytes per device.
 
 import importlib.util
 import json
-import os
 import re
 import subprocess
 import sys
@@ -17,6 +16,7 @@ import sys
 import keras
 import numpy as np
 import pytest
+from conftest import host_devices_env
 
 import keras_maxvit
 from keras_maxvit.model_parallel import get_layout_map
@@ -176,13 +176,7 @@ def jax_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("model_parallel")
     script = out / "train.py"
     script.write_text(SCRIPT)
-    flags = os.environ.get("XLA_FLAGS", "")
-    env = dict(
-        os.environ,
-        KERAS_BACKEND="jax",
-        JAX_PLATFORMS="cpu",
-        XLA_FLAGS=f"{flags} --xla_force_host_platform_device_count=4".strip(),
-    )
+    env = host_devices_env(4, KERAS_BACKEND="jax", JAX_PLATFORMS="cpu")
     command = [sys.executable, str(script), json.dumps(TRAIN_CONFIG), str(CLASSES), str(out)]
     # subprocess.run kills the child if it outlives the timeout.
     run = subprocess.run(command, env=env, capture_output=True, text=True, timeout=TIMEOUT)

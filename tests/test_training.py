@@ -9,7 +9,7 @@ import sys
 import keras
 import numpy as np
 import pytest
-from conftest import SMALL_CONFIG, to_numpy
+from conftest import SMALL_CONFIG, host_devices_env, to_numpy
 
 import keras_maxvit
 from keras_maxvit import training
@@ -222,7 +222,7 @@ def test_data_parallel_fit_matches_single_device(tmp_path):
     4 host devices) against the single-device fit of the same global batches:
     losses, weights and BatchNorm moving statistics after 3 SGD steps agree
     to float32 rounding of the differently ordered sums (rtol 1e-4, atol 1e-5)."""
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4")
+    env = host_devices_env(4)
     tests_dir = os.path.dirname(__file__)
     out_path = tmp_path / "fits.npz"
     result = subprocess.run(
