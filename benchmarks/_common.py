@@ -4,6 +4,7 @@ No framework is imported here (the workers import theirs after setting the
 backend variables).
 """
 
+import os
 import resource
 
 RESULT_PREFIX = "BENCH_RESULT:"  # the driver reads the worker's last line with it
@@ -21,6 +22,45 @@ class Skip(Exception):
 def rss_peak_mib() -> float:
     """The process's peak resident memory (Linux reports ru_maxrss in KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def parse_cpu_ticks(stat_text: str, cpus=None):
+    """`(steal, total)` clock ticks of the CPUs `cpus` (all when None) in the
+    text of Linux's /proc/stat, or None when it lists none of them."""
+    steal = total = 0
+    found = False
+    for line in stat_text.splitlines():
+        name, *fields = line.split() or [""]
+        if not name.startswith("cpu"):
+            continue
+        if cpus is None and name != "cpu":
+            continue
+        if cpus is not None and not (name[3:].isdigit() and int(name[3:]) in cpus):
+            continue
+        # user nice system idle iowait irq softirq steal (guest time is in user)
+        ticks = [int(field) for field in fields[:8]]
+        steal += ticks[7] if len(ticks) > 7 else 0
+        total += sum(ticks)
+        found = True
+    return (steal, total) if found else None
+
+
+def cpu_ticks():
+    """`(steal, total)` ticks of the CPUs this process may run on, or None off Linux."""
+    try:
+        with open("/proc/stat") as stat:
+            text = stat.read()
+    except OSError:
+        return None
+    return parse_cpu_ticks(text, os.sched_getaffinity(0))
+
+
+def steal_percent(before, after):
+    """The hypervisor's share (%) of this process's CPUs between two `cpu_ticks()`:
+    time they were runnable but the host ran something else."""
+    if before is None or after is None or after[1] <= before[1]:
+        return None
+    return 100.0 * (after[0] - before[0]) / (after[1] - before[1])
 
 
 def error_text(exc: BaseException, limit: int = 600) -> str:

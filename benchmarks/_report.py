@@ -24,6 +24,9 @@ METRICS = (
     "first_predict_s",
     "first_latency_s",
     "first_train_step_s",
+    # CPU steal % during the timed batches (the host running other guests).
+    "infer_steal_pct",
+    "train_steal_pct",
 )
 
 # (name, ours, baseline, target ratio). A selector is a framework id,
@@ -207,6 +210,7 @@ def _notes(results: dict) -> list[str]:
             + "; ".join(kernels)
             + "."
         )
+    notes += _steal_notes(results)
     models = {}
     for entry in results["frameworks"].values():
         info = entry.get("info", {}) if entry["status"] == "ok" else {}
@@ -227,6 +231,25 @@ def _notes(results: dict) -> list[str]:
         dirty = " (with uncommitted changes)" if env["git"].get("dirty") else ""
         notes.append(f"- keras_maxvit commit {env['git']['commit'][:10]}{dirty}.")
     return notes
+
+
+def _steal_notes(results: dict) -> list[str]:
+    """CPU steal of the runs in the medians, and the runs measured again for it."""
+    cells, again = [], 0
+    for entry in results["frameworks"].values():
+        again += sum(run.get("status") == "stolen" for run in entry["runs"])
+        infer, train = (median(entry, f"{phase}_steal_pct") for phase in ("infer", "train"))
+        if infer is not None or train is not None:
+            cells.append(f"{entry['label']} {fmt(infer, 0, '%')} / {fmt(train, 0, '%')}")
+    if not cells:
+        return []
+    limit = results["args"].get("max_steal")
+    return [
+        "- CPU steal (the host running other guests on the workers' cores) during the timed "
+        "batches, median, inference / training: "
+        + "; ".join(cells)
+        + f". Runs over {fmt(limit, 0, '%')} measured again: {again}."
+    ]
 
 
 def write_markdown(results: dict, path: Path) -> str:

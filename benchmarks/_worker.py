@@ -35,7 +35,15 @@ import sys
 import time
 import traceback
 
-from _common import RESULT_PREFIX, VARIANTS, Skip, error_text, rss_peak_mib
+from _common import (
+    RESULT_PREFIX,
+    VARIANTS,
+    Skip,
+    cpu_ticks,
+    error_text,
+    rss_peak_mib,
+    steal_percent,
+)
 
 KERAS_BACKENDS = {"jax": "jax", "tf": "tensorflow", "torch": "torch"}
 
@@ -93,18 +101,21 @@ RUNNERS = {
 
 
 def _timed_throughput(fn, sync, warmup, iters):
-    """(seconds of the first call, seconds for `iters` calls synchronized at the end)."""
+    """(seconds of the first call, seconds for `iters` calls synchronized at
+    the end, CPU steal % during them or None)."""
     start = time.perf_counter()
     sync(fn())
     first = time.perf_counter() - start
     for _ in range(max(warmup - 1, 0)):
         sync(fn())
+    ticks = cpu_ticks()
     start = time.perf_counter()
     out = None
     for _ in range(iters):
         out = fn()
     sync(out)
-    return first, time.perf_counter() - start
+    seconds = time.perf_counter() - start
+    return first, seconds, steal_percent(ticks, cpu_ticks())
 
 
 def _timed_latency(fn, sync, warmup, iters):
@@ -147,11 +158,12 @@ def bench(args) -> dict:
     runner.reset_peak_memory()
     try:
         x, _ = runner.inputs(batch)
-        first, seconds = _timed_throughput(
+        first, seconds, steal = _timed_throughput(
             lambda: runner.infer(x), runner.sync, args.warmup, args.iters
         )
         metrics["first_predict_s"] = first
         metrics["infer_img_s"] = batch * args.iters / seconds
+        metrics["infer_steal_pct"] = steal
     except Exception as exc:  # recorded, the other phases still run
         errors["infer"] = error_text(exc)
     if args.latency_iters > 0:
@@ -174,11 +186,12 @@ def bench(args) -> dict:
     runner.reset_peak_memory()
     try:
         x, y = runner.inputs(batch)
-        first, seconds = _timed_throughput(
+        first, seconds, steal = _timed_throughput(
             lambda: runner.train_step(x, y), runner.sync, args.warmup, args.iters
         )
         metrics["first_train_step_s"] = first
         metrics["train_img_s"] = batch * args.iters / seconds
+        metrics["train_steal_pct"] = steal
     except Exception as exc:
         errors["train"] = error_text(exc)
     metrics["peak_rss_mib"] = rss_peak_mib()
