@@ -272,6 +272,13 @@ def write_markdown(results: dict, path: Path) -> str:
         "`train_on_batch`; the peers at their best (hand-written steps, eager and compiled). "
         "Peak memory: "
         + ("the framework allocator's peak on the GPU." if on_gpu else "peak RSS of the process.")
+        + (
+            f" A run whose timed batches lost over {fmt(args.get('max_steal'), 0, '%')} of the "
+            "CPUs to steal (the host running other guests) was measured again, up to "
+            f"{args.get('steal_retries')} times."
+            if args.get("max_steal") is not None and not on_gpu
+            else ""
+        )
         + " **Bold**: the fastest configuration of its peer family; the ratios are against the "
         "best peer, the fastest peer configuration. First calls: seconds, compilation included.",
         "",
