@@ -39,7 +39,9 @@ TARGETS = (
 
 
 def summarize(runs: list[dict]) -> dict:
-    """Median, min, max and samples of every metric over the successful runs."""
+    """Median, min, max and samples of every metric over the successful runs
+    (status "ok": not the stolen, stopped or failed ones)."""
+    runs = [r for r in runs if r.get("status") == "ok"]
     summary = {}
     for metric in METRICS:
         values = [

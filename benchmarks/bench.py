@@ -323,6 +323,7 @@ def max_steal(result: dict):
 
 def _print_run(prefix: str, result: dict) -> None:
     m = result["metrics"]
+    steal = max_steal(result)
     print(
         f"{prefix}: infer {fmt(m.get('infer_img_s'))} img/s, "
         f"latency {fmt(m.get('latency_ms'), 2)} ms, "
@@ -335,7 +336,7 @@ def _print_run(prefix: str, result: dict) -> None:
             if result.get("jit_compile") is not None
             else ""
         )
-        + (f", CPU steal {max_steal(result):.0f}%" if max_steal(result) is not None else "")
+        + (f", CPU steal {steal:.0f}%" if steal is not None else "")
         + f" ({result.get('process_s', 0):.0f} s)"
         + (f" errors: {result['errors']}" if result.get("errors") else ""),
         flush=True,
@@ -398,9 +399,9 @@ def main(argv=None) -> int:
                 entry["runs"].append(result)
                 results["order"].append(fid)
                 steal = max_steal(result)
-                if steal is None or steal <= args.max_steal or retry == args.steal_retries:
-                    break
-                if result.get("status") != "ok" or time_left() <= 0:
+                clean = steal is None or steal <= args.max_steal
+                last = retry == args.steal_retries or time_left() <= 0
+                if clean or last or result.get("status") != "ok":
                     break
                 result["status"] = "stolen"  # kept in the runs, left out of the medians
                 print(f"{prefix}: {steal:.0f}% CPU steal, measured again", flush=True)
@@ -423,7 +424,7 @@ def main(argv=None) -> int:
             _print_run(prefix, result)
         # Write after every round, so a long run that is stopped keeps its data.
         for entry in results["frameworks"].values():
-            entry["summary"] = summarize([r for r in entry["runs"] if r.get("status") == "ok"])
+            entry["summary"] = summarize(entry["runs"])
         add_derived(results)
         (output_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
         if time_left() <= 0:
